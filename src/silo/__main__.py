@@ -1,0 +1,5 @@
+import sys
+
+from silo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""The ``silo`` command line.
+
+Every module in this package that defines ``COMMAND`` (its name), ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int`` becomes a sub-command. Modules import heavy
+libraries inside ``run`` so that ``silo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from silo.errors import SiloError
+
+
+def _command_modules():
+    import silo.cli as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"silo.cli.{info.name}")
+        if hasattr(module, "COMMAND"):
+            yield module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from silo import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="silo",
+        description="Restore degraded images with latent diffusion priors and learned latent operators (SILO).",
+    )
+    parser.add_argument("--version", action="version", version=f"silo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        p = sub.add_parser(
+            module.COMMAND,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except SiloError as err:
+        print(f"silo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"silo {args.command}: interrupted; finished results are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
