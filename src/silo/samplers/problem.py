@@ -1,0 +1,81 @@
+"""What every sampler receives: the measurement, its degradation and per-image seeds, and the settings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from silo.degradations.base import Degradation, Params, generators_for
+from silo.priors.prior import Prior, PromptEmbeddings
+
+
+@dataclass
+class Problem:
+    """An inverse problem for a batch: ``y = A(x) + n`` with ``A = degradation`` and its ``params``.
+
+    ``seeds`` holds one seed per image; every random draw for image ``i`` (initial latent, encoder sample,
+    scheduler noise) comes from generators seeded from ``seeds[i]`` so that batches equal single runs.
+    """
+
+    degradation: Degradation
+    y: Tensor
+    params: Params = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.seeds) != self.y.shape[0]:
+            raise ValueError(f"{len(self.seeds)} seeds for a batch of {self.y.shape[0]} measurements")
+        if self.image_size is None:
+            self.image_size = self.degradation.image_shape(*self.y.shape[-2:])
+
+    @property
+    def batch(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def noise_sigma(self) -> float:
+        return self.degradation.noise_sigma
+
+    @property
+    def mask(self) -> Tensor | None:
+        return self.degradation.mask(self.params)
+
+    def generators(self, stream: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
+        """Independent per-image generators for one named random stream."""
+        return generators_for([s * 1009 + stream for s in self.seeds], device)
+
+
+@dataclass
+class SamplerSettings:
+    """Settings shared by every method; method-specific step sizes have their own keyword arguments."""
+
+    steps: int = 999
+    scheduler: str = "ddpm"  # "ddpm" (the paper) or "ddim"
+    eta: float = 0.5  # guidance step size ("scale" in the reference)
+    grad_clamp: float | None = 1.0  # clamp of the guidance gradient, elementwise; None disables
+    clamp_measurement: bool = False  # clamp E(y) to [-4, 4]
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
+    cfg_fix: bool = False  # with CFG, the operator sees z0_hat of the text-conditional prediction only
+    prompt: str = ""
+    negative_prompt: str = ""
+    ddim_eta: float = 0.0  # stochasticity of DDIM steps (not the guidance step size)
+    deterministic: bool = False  # deterministic kernels (slower on GPU)
+    prompt_embeds: PromptEmbeddings | None = None  # bypass the text encoder
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("prompt_embeds")
+        return data
+
+
+def encode_measurement(prior: Prior, problem: Problem, clamp: bool) -> Tensor:
+    """``w = E(y)``, once: the measurement brought to image size (SR: bicubic up-sampling), encoded as a
+    posterior sample with per-image generators, optionally clamped to [-4, 4]."""
+    y_full = problem.degradation.to_image_size(problem.y)
+    with torch.no_grad():
+        w = prior.encode(y_full, problem.generators(stream=2))
+    return w.clamp(-4, 4) if clamp else w

@@ -1,0 +1,99 @@
+"""Tiny random priors built in code, for tests and smoke runs: no downloads, seconds on a CPU.
+
+Shapes mirror the real thing at toy scale: an f4 ``AutoencoderKL`` with 4 latent channels, and either an
+unconditional ``UNet2DModel`` or a text-conditioned ``UNet2DConditionModel`` with a CLIP text encoder and a
+character-level CLIP tokenizer whose vocabulary is written on the fly.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+
+from silo.priors.prior import Prior
+
+
+def _tiny_tokenizer(max_length: int = 16):
+    from transformers import CLIPTokenizer
+
+    chars = string.ascii_lowercase + string.digits + " .,!?'-"
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + [c for c in chars] + [c + "</w>" for c in chars]
+    folder = Path(tempfile.mkdtemp(prefix="silo-tok-"))
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+    return tok
+
+
+def tiny_prior(conditional: bool = False, seed: int = 0, latent_channels: int = 4) -> Prior:
+    """A randomly initialised prior small enough for unit tests (images must be multiples of 8 px)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    text_encoder = tokenizer = None
+    if conditional:
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        tokenizer = _tiny_tokenizer()
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            cross_attention_dim=16,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+    else:
+        unet = UNet2DModel(
+            sample_size=8,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            norm_num_groups=8,
+        )
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    name = "tiny-random-conditional" if conditional else "tiny-random"
+    return Prior(vae, unet, scheduler, text_encoder, tokenizer, name=name)
+
+
+def random_images(batch: int = 1, size: tuple[int, int] = (32, 32), seed: int = 0) -> torch.Tensor:
+    """Smooth random images in [-1, 1] (low-frequency noise, so JPEG and blur behave like on photos)."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(batch, 3, max(2, size[0] // 8), max(2, size[1] // 8), generator=g)
+    x = torch.nn.functional.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    return x * 2 - 1
