@@ -53,7 +53,10 @@ class Degradation:
     def measure(self, x: Tensor, params: Params | None, seeds: list[int]) -> Tensor:
         """``y = A(x) + n`` with noise drawn from one generator per image (seed + 1 avoids reusing the
         parameter stream)."""
-        y = self.A(x, params)
+        return self.add_noise(self.A(x, params), seeds)
+
+    def add_noise(self, y: Tensor, seeds: list[int]) -> Tensor:
+        """``y + n`` with this task's noise level, one generator per image."""
         return add_noise(y, self.noise_sigma, generators_for([s + 1 for s in seeds]))
 
     def measurement_shape(self, height: int, width: int) -> tuple[int, int]:

@@ -1,0 +1,373 @@
+"""The work behind ``silo restore`` (kept apart so ``silo --help`` does not import torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from silo.degradations.tasks import Task, load_task
+from silo.errors import SiloError
+from silo.io.inputs import Item, dataset_items, example_items, file_items, parse_index_list
+
+
+@dataclass
+class Job:
+    """One input ready to run: its tensor (reference or measurement), params and output paths."""
+
+    item: Item
+    tensor: Tensor
+    params: dict[str, Tensor]
+    crop: tuple[int, int]  # image size to crop the result back to
+    paths: dict[str, Path]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SiloError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SiloError("--device cuda: no CUDA GPU is available here")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("silo", "torch", "diffusers", "accelerate", "transformers", "datasets"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _collect_items(args: argparse.Namespace) -> tuple[list[Item], bool]:
+    simulate = args.simulate or bool(args.example)
+    items: list[Item] = []
+    if args.example:
+        items += example_items(args.example)
+    if args.inputs:
+        items += file_items(args.inputs, args.convert_rgb, args.max_pixels)
+    dataset_selectors = [args.index is not None, args.start is not None or args.end is not None, args.index_list is not None]
+    if args.dataset:
+        if sum(dataset_selectors) > 1:
+            raise SiloError("choose one of --index, --start/--end, --list")
+        indices = None
+        if args.index is not None:
+            indices = [args.index]
+        elif args.start is not None or args.end is not None:
+            if args.start is None or args.end is None or args.end <= args.start:
+                raise SiloError("--start and --end go together, with --end > --start")
+            indices = list(range(args.start, args.end))
+        elif args.index_list is not None:
+            indices = parse_index_list(args.index_list)
+        items += dataset_items(args.dataset, args.split, args.image_column, indices, args.convert_rgb)
+    elif any(dataset_selectors):
+        raise SiloError("--index/--start/--end/--list select images of a --dataset")
+    if not items:
+        raise SiloError("nothing to restore: give image files or folders, --example NAME, or --dataset")
+    return items, simulate
+
+
+def _load_models(args: argparse.Namespace, task: Task, preset, device: torch.device):
+    from silo.models import default_operator_path, default_prior_path
+    from silo.operators import check_compatible, load_operator
+    from silo.priors.prior import Prior
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    prior_source = args.prior or (preset.prior if preset else None) or default_prior_path()
+    operator_source = args.operator
+    kind = args.operator_kind or (preset.kind if preset else None)
+    if operator_source is None and preset is not None:
+        operator_source = preset.operator_path(args.weights_dir)
+        if not Path(operator_source).is_file():
+            raise SiloError(
+                f"preset {preset.name}: operator file {operator_source} not found; unpack the published "
+                f"trained_ckpt archive there or pass --weights-dir / --operator"
+            )
+    if operator_source is None and args.method in ("silo", "silo_x0"):
+        operator_source = default_operator_path(task.name, args.operator_kind)
+    prior = Prior.from_pretrained(prior_source, device=device, dtype=dtype)
+    operator = None
+    if operator_source is not None:
+        path = Path(operator_source)
+        if path.is_file():
+            from silo.operators.published import load_published_operator
+
+            operator = load_published_operator(path, kind)
+        else:
+            operator = load_operator(path)
+        operator.to(device).eval().requires_grad_(False)
+        features = None
+        if getattr(operator, "needs_features", False):
+            from silo.operators.features import feature_channels
+
+            features = feature_channels(prior.unet)
+        if getattr(operator, "uses_unet_sigma_embedding", True):
+            check_compatible(operator, prior.latent_channels, prior.embedding_dim, features)
+        elif getattr(operator.config, "latent_channels", prior.latent_channels) != prior.latent_channels:
+            raise SiloError(f"operator {path} is for {operator.config.latent_channels} latent channels, the prior has {prior.latent_channels}")
+        if getattr(operator.config, "mask_channel", False) and task.degradation.name != "inpainting":
+            raise SiloError(f"operator {path} takes an inpainting mask but the task is {task.name}")
+    return prior, prior_source, operator, operator_source
+
+
+def _default_steps(prior_source) -> int:
+    card = Path(str(prior_source)) / "silo_prior.json"
+    if card.is_file():
+        try:
+            return int(json.loads(card.read_text()).get("default_steps", 999))
+        except (ValueError, json.JSONDecodeError):
+            pass
+    return 999
+
+
+def _settings(args: argparse.Namespace, task: Task, preset, prior_source):
+    from silo.samplers import SamplerSettings
+
+    eta = args.eta if args.eta is not None else (preset.eta if preset else task.sampling.get("eta", 0.5))
+    clamp = args.clamp_measurement
+    if clamp is None:
+        clamp = preset.clamp if preset else bool(task.sampling.get("clamp_measurement", False))
+    steps = args.steps or (preset.steps if preset else _default_steps(prior_source))
+    prompt = args.prompt if args.prompt is not None else (preset.prompt if preset else "")
+    if args.cfg_fix and args.guidance_scale == 1.0:
+        raise SiloError("--cfg-fix only matters with --guidance-scale > 1")
+    return SamplerSettings(
+        steps=steps, scheduler=args.scheduler, eta=eta, grad_clamp=args.grad_clamp or None,
+        clamp_measurement=clamp, guidance_scale=args.guidance_scale, cfg_fix=args.cfg_fix,
+        prompt=prompt, negative_prompt=args.negative_prompt, deterministic=args.deterministic,
+    )
+
+
+def _pad(x: Tensor, size: tuple[int, int], value_mode: str = "reflect") -> Tensor:
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    if dh == 0 and dw == 0:
+        return x
+    mode = value_mode if dh < x.shape[-2] and dw < x.shape[-1] else "replicate"
+    return F.pad(x, (0, dw, 0, dh), mode=mode)
+
+
+def _prepare(item: Item, tensor: Tensor, simulate: bool, task: Task, prior, args, out_dir: Path,
+             stem: str) -> Job:
+    deg = task.degradation
+    multiple = prior.size_multiple
+    if deg.name == "super_resolution":
+        multiple = math.lcm(multiple, deg.scale)
+    params: dict[str, Tensor] = {}
+    if simulate:
+        h, w = tensor.shape[-2:]
+        crop = (h, w)
+        target = (math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple)
+        if target != crop:
+            if not args.pad:
+                prior.check_image_size(h, w)
+                deg.check_size(h, w)
+            tensor = _pad(tensor, target)
+        deg.check_size(*tensor.shape[-2:])
+        params = deg.sample_params(tensor.shape, [item.param_seed])
+    else:
+        crop = deg.image_shape(*tensor.shape[-2:])
+        target = (math.ceil(crop[0] / multiple) * multiple, math.ceil(crop[1] / multiple) * multiple)
+        if target != crop:
+            if not args.pad:
+                prior.check_image_size(*crop)
+            tensor = _pad(tensor, deg.measurement_shape(*target))
+        if args.mask:
+            from silo.io.images import load_mask
+
+            if deg.name != "inpainting":
+                raise SiloError(f"--mask is for inpainting tasks, not {task.name}")
+            params["mask"] = _pad(load_mask(args.mask, crop), target, "replicate")
+        elif deg.name == "inpainting":
+            raise SiloError(f"{item.source}: inpainting a measurement needs --mask (white = known pixels)")
+        if args.kernel:
+            from silo.io.images import load_kernel
+
+            if "blur" not in deg.name:
+                raise SiloError(f"--kernel is for blur tasks, not {task.name}")
+            params["kernel"] = load_kernel(args.kernel)[None]
+        elif deg.name == "motion_blur":
+            raise SiloError(f"{item.source}: deblurring a motion-blurred photo needs its --kernel")
+        deg.check_size(*target)
+    paths = {
+        "image": out_dir / f"{stem}.png",
+        "grid": out_dir / f"{stem}_grid.png",
+        "log": out_dir / f"{stem}.json",
+    }
+    return Job(item, tensor, params, crop, paths)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: infinities become the string 'inf'."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else ("-inf" if obj < 0 else "nan")
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def restore_command(args: argparse.Namespace) -> int:
+    from silo.evaluation.metrics import psnr, restoration_metrics
+    from silo.io.grid import make_grid
+    from silo.io.outputs import json_bytes, png_bytes, write_group
+    from silo.io.images import tensor_to_pil
+    from silo.pipeline import restore
+    from silo.presets import get_preset
+
+    preset = get_preset(args.preset) if args.preset else None
+    if args.batch_size < 1:
+        raise SiloError("--batch-size must be >= 1")
+    task = load_task(args.task or (preset.task if preset else "sr4"), args.noise_sigma)
+    if task.noise_sigma < 0:
+        raise SiloError("--noise-sigma must be >= 0")
+    items, simulate = _collect_items(args)
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SiloError(f"--output-dir {out_dir} exists and is not a folder")
+    device = resolve_device(args.device)
+    prior, prior_source, operator, operator_source = _load_models(args, task, preset, device)
+    settings = _settings(args, task, preset, prior_source)
+    seed = args.seed if not preset or args.seed != 1000 else preset.seed
+    show = not args.no_progress
+
+    # --- load and check every input first; a bad one is reported and the others still run
+    failures: list[str] = []
+    jobs: list[Job] = []
+    skipped = 0
+    for item in items:
+        stem = f"{item.name}_{task.name}_{args.method}_s{seed}"
+        if (out_dir / f"{stem}.json").exists():
+            skipped += 1
+            print(f"skip {item.source}: {out_dir / (stem + '.json')} exists", file=sys.stderr)
+            continue
+        try:
+            jobs.append(_prepare(item, item.load(), simulate, task, prior, args, out_dir, stem))
+        except SiloError as err:
+            failures.append(f"{item.source}: {err}" if item.source not in str(err) else str(err))
+            print(f"silo restore: error: {failures[-1]}", file=sys.stderr)
+
+    # --- batches of equal size
+    batches: list[list[Job]] = []
+    for job in jobs:
+        for batch in batches:
+            if len(batch) < args.batch_size and batch[0].tensor.shape == job.tensor.shape and batch[0].params.keys() == job.params.keys():
+                batch.append(job)
+                break
+        else:
+            batches.append([job])
+
+    base_log = {
+        "command": " ".join(sys.argv),
+        "mode": "simulate" if simulate else "measurement",
+        "task": task.to_dict(),
+        "method": args.method,
+        "preset": args.preset,
+        "prior": {"source": str(prior_source), **prior.describe()},
+        "operator": None if operator is None else {
+            "source": str(operator_source), "kind": getattr(operator, "kind", type(operator).__name__),
+            "config": {k: v for k, v in dict(operator.config).items() if not k.startswith("_")},
+        },
+        "settings": settings.to_dict(),
+        "seed": seed,
+        "device": device_name(device),
+        "versions": library_versions(),
+    }
+    done = 0
+    queue = list(batches)
+    while queue:
+        batch = queue.pop(0)
+        tensors = torch.cat([j.tensor for j in batch])
+        params = {k: torch.cat([j.params[k] for j in batch]) for k in batch[0].params}
+        try:
+            kwargs = {"reference": tensors} if simulate else {"measurement": tensors}
+            res = restore(prior, task, settings, [seed] * len(batch), params=params, method=args.method,
+                          operator=operator, show_progress=show, **kwargs)
+        except SiloError as err:
+            if len(batch) > 1:  # retry one by one so one bad image does not lose the others
+                queue = [[j] for j in batch] + queue
+                continue
+            failures.append(f"{batch[0].item.source}: {err}")
+            print(f"silo restore: error: {failures[-1]}", file=sys.stderr)
+            continue
+        deg = task.degradation
+        for i, job in enumerate(batch):
+            h, w = job.crop
+            out = res.output[i : i + 1, :, :h, :w].cpu()
+            a_out = res.a_output[i : i + 1].cpu()
+            y = res.measurement[i : i + 1].cpu()
+            if simulate:
+                ref = res.reference[i : i + 1, :, :h, :w].cpu()
+                metrics = restoration_metrics(out, ref, a_out, res.a_reference[i : i + 1].cpu())[0]
+                panels = [("x", ref), ("A(x)+n", y), ("output", out), ("A(output)", a_out)]
+            else:
+                metrics = {"consistency_psnr_vs_measurement": psnr(a_out, y)[0]}
+                panels = [("y", y), ("output", out), ("A(output)", a_out)]
+            metrics["seconds"] = res.seconds / len(batch)
+            metrics["seconds_per_step"] = res.seconds / res.steps
+            line = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
+                              if isinstance(v, (float, int)) and not k.endswith("_note"))
+            log = {
+                **base_log,
+                "input": job.item.source,
+                "name": job.item.name,
+                "image_size": [h, w],
+                "batch_size": len(batch),
+                "metrics": metrics,
+                "sampling_seconds": res.seconds,
+                "outputs": {k: p.name for k, p in job.paths.items() if k == "log" or args.save in (k, "both")},
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            files: dict[Path, bytes] = {}
+            if args.save in ("image", "both"):
+                files[job.paths["image"]] = png_bytes(tensor_to_pil(out))
+            if args.save in ("grid", "both"):
+                lines = [f"{task.name} | {args.method} | {settings.steps} steps | eta {settings.eta} | seed {seed}", line]
+                files[job.paths["grid"]] = png_bytes(make_grid(panels, lines))
+            files[job.paths["log"]] = json_bytes(_clean(log))  # the log last: its presence marks the result done
+            try:
+                write_group(files)
+            except SiloError as err:
+                failures.append(str(err))
+                print(f"silo restore: error: {err}", file=sys.stderr)
+                continue
+            done += 1
+            shown = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k in ("psnr", "ssim", "consistency_psnr", "consistency_psnr_vs_measurement", "seconds"))
+            print(f"{job.item.source} -> {job.paths['log'].with_suffix('')}.* ({shown})")
+    print(f"restored {done}, skipped {skipped} (already done), failed {len(failures)}", file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,107 @@
+"""Image-quality metrics on images in [-1, 1], evaluated on the [0, 1] scale, per image of a batch.
+
+SSIM and MS-SSIM come from torchmetrics. LPIPS needs pretrained network weights; when they are not
+available locally it is reported as unavailable with the reason, never approximated.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _01(x: Tensor) -> Tensor:
+    return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def psnr(a: Tensor, b: Tensor) -> list[float]:
+    """Per-image PSNR in dB with a peak of 1 on the [0, 1] scale."""
+    mse = (_01(a) - _01(b)).pow(2).flatten(1).mean(1)
+    return [float("inf") if m == 0 else -10 * math.log10(float(m)) for m in mse]
+
+
+def rgb_to_y(x01: Tensor) -> Tensor:
+    """ITU-R BT.601 luma as MATLAB's ``rgb2ycbcr`` computes it, on [0, 1]."""
+    r, g, b = x01[:, 0], x01[:, 1], x01[:, 2]
+    return ((65.481 * r + 128.553 * g + 24.966 * b + 16.0) / 255.0)[:, None]
+
+
+def psnr_y(a: Tensor, b: Tensor) -> list[float]:
+    mse = (rgb_to_y(_01(a)) - rgb_to_y(_01(b))).pow(2).flatten(1).mean(1)
+    return [float("inf") if m == 0 else -10 * math.log10(float(m)) for m in mse]
+
+
+def ssim(a: Tensor, b: Tensor) -> list[float]:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return [
+        float(structural_similarity_index_measure(_01(a[i : i + 1]), _01(b[i : i + 1]), data_range=1.0))
+        for i in range(a.shape[0])
+    ]
+
+
+def ms_ssim(a: Tensor, b: Tensor) -> list[float | None]:
+    """MS-SSIM with the standard 5 scales; None for images too small for them (sides under 161 px)."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+    if min(a.shape[-2:]) <= 160:
+        return [None] * a.shape[0]
+    return [
+        float(multiscale_structural_similarity_index_measure(_01(a[i : i + 1]), _01(b[i : i + 1]), data_range=1.0))
+        for i in range(a.shape[0])
+    ]
+
+
+@lru_cache(maxsize=2)
+def _lpips_model(net: str):
+    """The LPIPS network if its weights are available locally, else a string saying why not."""
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        return LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=False)
+    except Exception as err:  # missing torchvision, missing weights offline, ...: report, never fake
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"unavailable: {text[:200]}"
+
+
+def lpips(a: Tensor, b: Tensor, net: str = "alex") -> tuple[list[float | None], str | None]:
+    model = _lpips_model(net)
+    if isinstance(model, str):
+        return [None] * a.shape[0], model
+    with torch.no_grad():
+        vals = [float(model(a[i : i + 1].float().cpu().clamp(-1, 1), b[i : i + 1].float().cpu().clamp(-1, 1)))
+                for i in range(a.shape[0])]
+    return vals, None
+
+
+def restoration_metrics(
+    output: Tensor, reference: Tensor, a_output: Tensor | None = None, a_reference: Tensor | None = None,
+    with_lpips: bool = True,
+) -> list[dict[str, Any]]:
+    """Per-image metrics of ``output`` against ``reference``; consistency metrics compare ``A(output)``
+    with the noise-free ``A(x)``."""
+    rows: list[dict[str, Any]] = [{} for _ in range(output.shape[0])]
+    columns: dict[str, list] = {
+        "psnr": psnr(output, reference),
+        "ssim": ssim(output, reference),
+        "ms_ssim": ms_ssim(output, reference),
+        "psnr_y": psnr_y(output, reference),
+    }
+    if a_output is not None and a_reference is not None:
+        columns["consistency_psnr"] = psnr(a_output, a_reference)
+        columns["consistency_psnr_y"] = psnr_y(a_output, a_reference)
+    if with_lpips:
+        for net in ("alex", "vgg"):
+            vals, why = lpips(output, reference, net)
+            columns[f"lpips_{net}"] = vals
+            if why:
+                for row in rows:
+                    row[f"lpips_{net}_note"] = why
+    for name, vals in columns.items():
+        for row, v in zip(rows, vals):
+            row[name] = v
+    return rows
