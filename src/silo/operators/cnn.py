@@ -1,0 +1,115 @@
+"""The SILO CNN latent operator: ``H(z0_hat, sigma) ~= E(A(x) + n)`` on the clean latent estimate.
+
+Layout and parameter names equal the published ``cnn_sigma_layernorm`` checkpoint. Details the paper
+leaves open were fixed by matching the published code's golden output exactly (max error 0.0):
+LeakyReLU slope 0.01 in the sigma MLP; LayerNorm + ReLU after *every* encoder, decoder and
+``adjust_encoding`` conv (the last ones too); the sigma map is concatenated *after* the latent
+(``[z, s]``) and after the encoder output (``[e, s]``); output = ``processing(decoder(e) + adjust(e, s))``.
+
+The reference hard-codes 64x64 latents in its LayerNorm affine maps and its sigma map. Those
+parameters keep that reference shape (so checkpoints load) and are bilinearly resized to other latent
+sizes, normalising over the actual ``[C, H, W]``; at the reference size nothing is resized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import Tensor, nn
+
+from silo.errors import SiloError
+
+
+def resize_map(t: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinearly resize the last two dims of a ``[C, h, w]`` or ``[B, C, h, w]`` map (no-op at ``size``)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(t.shape[-2:]) == size:
+        return t
+    batched = t if t.dim() == 4 else t.unsqueeze(0)
+    out = F.interpolate(batched, size=size, mode="bilinear", align_corners=False)
+    return out if t.dim() == 4 else out.squeeze(0)
+
+
+class ResizableLayerNorm(nn.Module):
+    """LayerNorm over ``[C, H, W]`` whose ``[C, n, n]`` affine maps follow the input's spatial size."""
+
+    def __init__(self, channels: int, norm_size: int = 64, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels, norm_size, norm_size))
+        self.bias = nn.Parameter(torch.zeros(channels, norm_size, norm_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        weight, bias = resize_map(self.weight, size), resize_map(self.bias, size)
+        return F.layer_norm(x, tuple(x.shape[1:]), weight.to(x.dtype), bias.to(x.dtype), self.eps)
+
+
+class CNNOperator(ModelMixin, ConfigMixin):
+    """Small conv encoder/decoder with a 1x1 skip, conditioned on the noise level by a sigma map."""
+
+    kind = "cnn"
+    needs_features = False
+    uses_unet_sigma_embedding = True
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        embedding_dim: int = 1280,
+        sigma_conditioned: bool = True,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        sigma_hidden: int = 32,
+        norm_size: int = 64,
+    ):
+        super().__init__()
+        extra = 1 if sigma_conditioned else 0
+        n, chans = norm_size, list(channels)
+        if sigma_conditioned:
+            self.sigma_condition_precondition = nn.Sequential(
+                nn.Linear(embedding_dim, sigma_hidden), nn.LeakyReLU(0.01), nn.Linear(sigma_hidden, n * n)
+            )
+        enc: list[nn.Module] = []
+        c_in = latent_channels + extra
+        for i, c in enumerate(chans):
+            c_out = c + extra if i < len(chans) - 1 else c  # the reference widens all but the last by one
+            enc += [nn.Conv2d(c_in, c_out, 3, padding=1), ResizableLayerNorm(c_out, n), nn.ReLU()]
+            c_in = c_out
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = []
+        for c_out in reversed(chans[:-1]):
+            dec += [nn.ConvTranspose2d(c_in, c_out, 3, padding=1), ResizableLayerNorm(c_out, n), nn.ReLU()]
+            c_in = c_out
+        self.decoder = nn.Sequential(*dec)
+        self.adjust_encoding = nn.Sequential(
+            nn.Conv2d(chans[-1] + extra, chans[0], 1), ResizableLayerNorm(chans[0], n), nn.ReLU()
+        )
+        self.processing = nn.Sequential(
+            nn.Conv2d(chans[0], chans[0], 3, padding=1),
+            ResizableLayerNorm(chans[0], n),
+            nn.ReLU(),
+            nn.Conv2d(chans[0], latent_channels, 3, padding=1),
+        )
+
+    def sigma_map(self, sigma_emb: Tensor, size: Sequence[int]) -> Tensor:
+        """The one-channel noise-level map at the latent size."""
+        n = self.config.norm_size
+        flat = self.sigma_condition_precondition(sigma_emb)
+        return resize_map(flat.view(-1, 1, n, n), size)
+
+    def forward(self, z0: Tensor, sigma_emb: Tensor | None, mask: Tensor | None = None) -> Tensor:
+        """``H(z0)``: ``[B, C, h, w] -> [B, C, h, w]``; ``mask`` is accepted for a uniform call but unused."""
+        if self.config.sigma_conditioned:
+            if sigma_emb is None:
+                raise SiloError("this CNN operator is sigma-conditioned: pass the noise-level embedding")
+            s = self.sigma_map(sigma_emb.to(z0.dtype), z0.shape[-2:]).expand(z0.shape[0], -1, -1, -1)
+            e = self.encoder(torch.cat([z0, s], 1))
+            skip = self.adjust_encoding(torch.cat([e, s], 1))
+        else:
+            e = self.encoder(z0)
+            skip = self.adjust_encoding(e)
+        return self.processing(self.decoder(e) + skip)
