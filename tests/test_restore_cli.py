@@ -244,3 +244,22 @@ def test_help_documents_every_option(capsys):
     for opt in ("--simulate", "--example", "--dataset", "--preset", "--prior", "--operator", "--steps", "--eta",
                 "--guidance-scale", "--cfg-fix", "--seed", "--deterministic", "--batch-size", "--save", "--mask", "--kernel"):
         assert opt in text
+
+
+def test_preset_runs_a_published_format_file_with_the_scripts_settings(models, photos, tmp_path):
+    """A CNN file in the published container (a plain pickled state dict) is found in --weights-dir under
+    the preset's name, loaded safely, and run with the script's task, eta, clamp and seed."""
+    from silo.operators import load_operator
+
+    weights = tmp_path / "trained_ckpt"
+    weights.mkdir()
+    op = load_operator(models / "cnn")
+    torch.save(dict(op.state_dict()), weights / "cnn_ffhq_sr_8.pt")
+    rc = main(["restore", "--preset", "cnn-ffhq-sr8", "--weights-dir", str(weights), "--prior", str(models / "prior"),
+               "--steps", "2", "--no-progress", str(photos / "photo0.png"), "--simulate", "--output-dir", str(tmp_path / "o")])
+    assert rc == 0
+    log = json.loads((tmp_path / "o" / "photo0_sr8_silo_s1000.json").read_text())
+    assert log["preset"] == "cnn-ffhq-sr8" and log["task"]["name"] == "sr8"
+    assert log["settings"]["eta"] == 0.5 and log["settings"]["clamp_measurement"] is True
+    assert log["settings"]["prompt"] == "A high quality photo of a face"
+    assert log["operator"]["source"].endswith("cnn_ffhq_sr_8.pt")
