@@ -1,0 +1,111 @@
+"""``silo train-operator``: train a CNN or readout latent operator for a task or a user's own degradation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+COMMAND = "train-operator"
+HELP = "train a latent operator H (cnn or readout) for a task or your own degradation, on one process or many"
+DESCRIPTION = """Train a SILO latent operator H with H(E(x)) ~= E(A(x) + n) on a folder of images or a `datasets`
+dataset, for a shipped task (--task sr4), a task YAML, or your own degradation (--degradation my_deg.py:fn, a
+function or no-argument class taking and returning B x 3 x H x W tensors in [-1, 1]).
+
+The same command runs on CPU, one GPU, several GPUs (`accelerate launch -m silo train-operator ...` or
+`torchrun -m silo train-operator ...`) and several machines. OUTPUT becomes an operator folder that
+`silo restore --operator OUTPUT` loads, with model_card.json, checkpoints/ (resume with
+--resume-from-checkpoint latest), validation/ grids and logs/.
+
+Noise levels are standard deviations on the [0, 1] image scale: the default --noise-sigma-max 0.02 (cnn) and
+0.05 (readout) are the published U(0, 0.04) and U(0, 0.1) on the [-1, 1] scale. --batch-size is per process."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    what = p.add_argument_group("what to train")
+    what.add_argument("--prior", required=True, help="Hub id, diffusers folder or single-file checkpoint of the prior")
+    deg = what.add_mutually_exclusive_group(required=True)
+    deg.add_argument("--task", help="shipped task name (see `silo tasks`) or a task .yaml file")
+    deg.add_argument("--degradation", metavar="MODULE:CALLABLE",
+                     help="your degradation: a .py path or importable module, and a function or class in it")
+    what.add_argument("--noise-sigma-max", type=float, default=None,
+                      help="noise std drawn per batch from U(0, this), [0, 1] scale [default: 0.02 cnn, 0.05 readout]")
+    what.add_argument("--kind", choices=["cnn", "readout"], default="cnn", help="operator kind")
+    what.add_argument("--operator-config", default="{}", metavar="JSON",
+                      help='architecture overrides, e.g. \'{"channels": [16, 32, 64, 128]}\'')
+    what.add_argument("--init-operator", metavar="FOLDER", help="start from this operator's weights (same prior)")
+
+    data = p.add_argument_group("data")
+    src = data.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="FOLDER", help="folder of images (searched recursively)")
+    src.add_argument("--dataset", metavar="NAME_OR_DIR", help="a datasets dataset: Hub name or save_to_disk folder")
+    data.add_argument("--split", default="train", help="dataset split")
+    data.add_argument("--image-column", default=None, help="dataset image column [default: the first image feature]")
+    data.add_argument("--validation-images", type=int, default=None,
+                      help="images held out for validation [default: 16, at most a tenth of the data]")
+    data.add_argument("--crop-size", type=int, default=512, help="training crop side in pixels")
+    data.add_argument("--num-workers", type=int, default=2, help="data loading worker processes per training process")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--output", required=True, metavar="DIR", help="the operator folder to write (and its run files)")
+    opt.add_argument("--max-steps", type=int, default=20000, help="optimizer steps in total")
+    opt.add_argument("--batch-size", type=int, default=16, help="images per process and micro-batch")
+    opt.add_argument("--lr", type=float, default=None, help="learning rate [default: 1e-4 cnn (Adam), 2e-4 readout (AdamW)]")
+    opt.add_argument("--loss", choices=["l1", "l2"], default="l1")
+    opt.add_argument("--clamp-target", action="store_true", help="clamp the target latent E(A(x)+n) to [-4, 4]")
+    opt.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    opt.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    opt.add_argument("--prior-dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                     help="dtype of the frozen prior [auto: bf16/fp16 on GPU, float32 on CPU]")
+    opt.add_argument("--seed", type=int, default=0)
+
+    run_ = p.add_argument_group("run")
+    run_.add_argument("--validation-every", type=int, default=500, help="steps between validation loss + grid")
+    run_.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    run_.add_argument("--checkpoints-total-limit", type=int, default=3, help="checkpoints kept")
+    run_.add_argument("--resume-from-checkpoint", metavar="latest|PATH", default=None,
+                      help="continue from the newest checkpoint in OUTPUT/checkpoints (latest) or a given one")
+    run_.add_argument("--report-to", choices=["auto", "tensorboard", "wandb", "none"], default="auto",
+                      help="experiment tracker [auto: tensorboard when installed]")
+    run_.add_argument("--cpu", action="store_true", help="train on CPU even where a GPU is available")
+    run_.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    from silo.errors import SiloError
+    from silo.training.operator import TrainOperatorConfig
+
+    try:
+        overrides = json.loads(args.operator_config)
+    except json.JSONDecodeError as err:
+        raise SiloError(f"--operator-config is not valid JSON: {err}") from None
+    if not isinstance(overrides, dict):
+        raise SiloError("--operator-config must be a JSON object")
+    return TrainOperatorConfig(
+        prior=args.prior, output=args.output, kind=args.kind, task=args.task, degradation=args.degradation,
+        noise_sigma_max=args.noise_sigma_max, data=args.data, dataset=args.dataset, split=args.split,
+        image_column=args.image_column, validation_images=args.validation_images, max_steps=args.max_steps,
+        batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size, loss=args.loss,
+        clamp_target=args.clamp_target, validation_every=args.validation_every,
+        checkpoint_every=args.checkpoint_every, checkpoints_total_limit=args.checkpoints_total_limit,
+        resume_from_checkpoint=args.resume_from_checkpoint, mixed_precision=args.mixed_precision,
+        prior_dtype=args.prior_dtype, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        report_to=args.report_to, seed=args.seed, num_workers=args.num_workers, operator_config=overrides,
+        init_operator=args.init_operator, show_progress=not args.no_progress, cpu=args.cpu,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from silo.errors import SiloError
+    from silo.training.operator import train_operator
+
+    if args.num_workers < 0:
+        raise SiloError("--num-workers must be >= 0")
+    card = train_operator(config_from_args(args))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        loss = card["final_validation_loss"]
+        shown = "n/a" if loss is None else f"{loss:.4f}"
+        print(f"operator written to {args.output} ({card['kind']}, {card['steps']} steps, final validation loss {shown}); "
+              f"restore with: silo restore --prior {args.prior} --operator {args.output} ...")
+    return 0

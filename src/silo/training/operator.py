@@ -1,0 +1,580 @@
+"""Train a SILO latent operator ``H`` with ``H(E(x)) ~= E(A(x) + n)``, on one process or many.
+
+``accelerate`` owns devices, processes, mixed precision and gradient accumulation, so one code path runs
+on a laptop CPU, one GPU, several GPUs or several machines (``accelerate launch`` or ``torchrun``).
+Every random draw of a training step is seeded by ``(seed, micro-batch, process)`` and the data order is
+a pure function of the seed (see :mod:`silo.training.data`), so a run resumed from a checkpoint continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from silo.degradations.base import Degradation
+from silo.degradations.noise import to_model_scale
+from silo.errors import SiloError
+from silo.training import data as tdata
+
+#: the reference's U(0, 0.04) (CNN) and U(0, 0.1) (readout) on [-1, 1], on silo's [0, 1] scale
+SIGMA_MAX = {"cnn": 0.02, "readout": 0.05}
+LR = {"cnn": 1e-4, "readout": 2e-4}
+STATE_FILE = "silo_train_state.json"
+CARD_FILE = "model_card.json"
+#: settings that may change between a checkpoint and its resumption (all others must match)
+RESUMABLE = {"max_steps", "validation_every", "checkpoint_every", "checkpoints_total_limit", "resume_from_checkpoint",
+             "mixed_precision", "prior_dtype", "report_to", "num_workers", "show_progress", "output", "init_operator", "cpu"}
+
+
+@dataclass
+class TrainOperatorConfig:
+    prior: str
+    output: str
+    kind: str = "cnn"
+    task: str | None = None
+    degradation: str | None = None  # module:callable
+    noise_sigma_max: float | None = None  # [0, 1] scale; default per kind
+    data: str | None = None
+    dataset: str | None = None
+    split: str = "train"
+    image_column: str | None = None
+    validation_images: int | None = None
+    max_steps: int = 20000
+    batch_size: int = 16
+    lr: float | None = None
+    crop_size: int = 512
+    loss: str = "l1"
+    clamp_target: bool = False
+    validation_every: int = 500
+    checkpoint_every: int = 1000
+    checkpoints_total_limit: int = 3
+    resume_from_checkpoint: str | None = None
+    mixed_precision: str = "no"
+    prior_dtype: str = "auto"
+    gradient_accumulation_steps: int = 1
+    report_to: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    operator_config: dict[str, Any] = field(default_factory=dict)
+    init_operator: str | None = None
+    show_progress: bool = True
+    cpu: bool = False  # force CPU even where a GPU is available
+
+    def check(self) -> None:
+        """Cheap checks, before anything is loaded."""
+        if self.kind not in SIGMA_MAX:
+            raise SiloError(f"--kind must be cnn or readout, got {self.kind!r}")
+        if (self.task is None) == (self.degradation is None):
+            raise SiloError("give exactly one of --task NAME_OR_YAML or --degradation module:callable")
+        if self.loss not in ("l1", "l2"):
+            raise SiloError(f"--loss must be l1 or l2, got {self.loss!r}")
+        for name in ("max_steps", "batch_size", "crop_size", "validation_every", "checkpoint_every",
+                     "checkpoints_total_limit", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise SiloError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.noise_sigma_max is not None and not 0 <= self.noise_sigma_max <= 0.5:
+            raise SiloError("--noise-sigma-max must be in [0, 0.5] (std on the [0, 1] image scale)")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise SiloError("--mixed-precision must be no, fp16 or bf16")
+        if self.report_to not in ("auto", "tensorboard", "wandb", "none"):
+            raise SiloError("--report-to must be tensorboard, wandb or none")
+
+
+# -- the objective ---------------------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One batch ready for ``H``: its input (latent or UNet features), noise embedding, target, mask."""
+
+    inputs: Tensor | list[Tensor]
+    sigma_emb: Tensor
+    target: Tensor
+    mask: Tensor | None
+    size: tuple[int, int]
+    sigma: float
+    measurement: Tensor  # A(x) + n brought to image size, for the validation grid
+
+
+class Objective:
+    """Builds ``(H's input, E(A(x) + n))`` for a batch from per-image seeded draws, and the loss."""
+
+    def __init__(self, prior, degradation: Degradation, kind: str, sigma_max: float, loss: str = "l1",
+                 clamp_target: bool = False, mask_channel: bool = False) -> None:
+        self.prior, self.deg, self.kind = prior, degradation, kind
+        self.sigma_max, self.loss_kind, self.clamp, self.mask_channel = sigma_max, loss, clamp_target, mask_channel
+        self._context: dict[int, Tensor | None] = {}
+
+    def context(self, batch: int) -> Tensor | None:
+        """Empty-prompt embeddings for text priors (the readout's features are taken unconditioned)."""
+        if batch not in self._context:
+            self._context[batch] = self.prior.encode_prompt("", batch).cond
+        return self._context[batch]
+
+    @torch.no_grad()
+    def draw(self, x: Tensor, seed: int, sigma: float | None = None) -> Sample:
+        """Everything random for this batch comes from ``seed``: degradation params, noise level and noise,
+        encoder samples, and the readout's timesteps."""
+        prior, deg, b = self.prior, self.deg, x.shape[0]
+        device = prior.device
+        rng = np.random.default_rng(seed)
+        seeds = rng.integers(0, 2**62, size=(3, b)).tolist()  # params, target encoding, input encoding
+        x = x.to(device, torch.float32)
+        params = {k: v.to(device) for k, v in deg.sample_params(x.shape, seeds[0]).items()}
+        y = deg.A(x, params).float()
+        if not torch.isfinite(y).all():
+            raise SiloError(f"degradation {getattr(deg, 'spec', deg.name)} returned NaN or Inf on a training batch")
+        if sigma is None:
+            sigma = float(rng.uniform(0.0, self.sigma_max))
+        g = torch.Generator(device=device).manual_seed(int(rng.integers(0, 2**62)))
+        y = y + to_model_scale(sigma) * torch.randn(y.shape, generator=g, device=device)
+        y_full = deg.to_image_size(y)
+        gens = lambda s: [torch.Generator().manual_seed(int(v)) for v in s]  # noqa: E731
+        target = prior.encode(y_full, gens(seeds[1])).float()
+        if self.clamp:
+            target = target.clamp(-4, 4)
+        z = prior.encode(x, gens(seeds[2])).float()
+        sigma_emb = prior.sigma_embedding(sigma, b).float()
+        mask = deg.mask(params) if self.mask_channel else None
+        inputs: Tensor | list[Tensor] = z
+        if self.kind == "readout":
+            inputs = self._features(z, rng)
+        return Sample(inputs, sigma_emb, target, mask, tuple(z.shape[-2:]), sigma, y_full)
+
+    def _features(self, z: Tensor, rng: np.random.Generator) -> list[Tensor]:
+        """``E(x)`` noised to a uniform timestep in [1, T-1]; the UNet's up-block ResNet outputs."""
+        from silo.operators.features import UNetFeatureHooks
+
+        sched, b = self.prior.scheduler, z.shape[0]
+        t = torch.from_numpy(rng.integers(1, sched.config.num_train_timesteps, size=b)).to(self.prior.device)
+        g = torch.Generator(device=z.device).manual_seed(int(rng.integers(0, 2**62)))
+        noise = torch.randn(z.shape, generator=g, device=z.device)
+        z_t = sched.add_noise(z, noise, t).to(self.prior.dtype)
+        with UNetFeatureHooks(self.prior.unet) as hooks:
+            self.prior.denoise(z_t, t, self.context(b))
+            return [f.float() for f in hooks.features]
+
+    def predict(self, model: torch.nn.Module, s: Sample) -> Tensor:
+        if self.kind == "readout":
+            return model(s.inputs, s.sigma_emb, mask=s.mask, size=s.size)
+        return model(s.inputs, s.sigma_emb)
+
+    def loss(self, pred: Tensor, target: Tensor, per_image: bool = False) -> Tensor:
+        err = (pred.float() - target).abs() if self.loss_kind == "l1" else (pred.float() - target) ** 2
+        return err.flatten(1).mean(1) if per_image else err.mean()
+
+
+# -- building the operator -------------------------------------------------------------------------
+FIXED_BY_PRIOR = {"latent_channels", "embedding_dim", "feature_channels", "mask_channel", "sigma_conditioned"}
+
+
+def build_operator(kind: str, prior, crop: int, mask_channel: bool, overrides: dict[str, Any],
+                   init: str | None = None) -> torch.nn.Module:
+    """A fresh operator sized for this prior (or ``init``'s weights, refused if made for another prior)."""
+    from silo.operators import CNNOperator, ReadoutOperator, check_compatible, load_operator
+    from silo.operators.features import feature_channels
+
+    features = feature_channels(prior.unet) if kind == "readout" else None
+    if init is not None:
+        op = load_operator(init)
+        if getattr(op, "kind", None) != kind:
+            raise SiloError(f"--init-operator {init} is a {getattr(op, 'kind', type(op).__name__)} operator, not {kind}")
+        check_compatible(op, prior.latent_channels, prior.embedding_dim, features)
+        if kind == "readout" and bool(op.config.mask_channel) != mask_channel:
+            raise SiloError(f"--init-operator {init}: mask channel {op.config.mask_channel}, this task needs {mask_channel}")
+        return op.train().requires_grad_(True)
+    cls = CNNOperator if kind == "cnn" else ReadoutOperator
+    allowed = set(_init_keys(cls))
+    bad = set(overrides) - (allowed - FIXED_BY_PRIOR)
+    if bad:
+        raise SiloError(f"--operator-config: unknown or prior-fixed keys {sorted(bad)} for a {kind} operator "
+                        f"(allowed: {', '.join(sorted(allowed - FIXED_BY_PRIOR))})")
+    base = dict(latent_channels=prior.latent_channels, embedding_dim=prior.embedding_dim,
+                norm_size=max(1, crop // prior.vae_scale))
+    if kind == "readout":
+        base.update(feature_channels=features, mask_channel=mask_channel)
+    try:
+        return cls(**{**base, **overrides}).train()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise SiloError(f"--operator-config {json.dumps(overrides)}: cannot build a {kind} operator: {err}") from None
+
+
+def _init_keys(cls) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def operator_config(model: torch.nn.Module) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.config).items() if not k.startswith("_")}
+
+
+# -- the training run ------------------------------------------------------------------------------
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 62-bit seed from integers (seed, micro-batch, process, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 2)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints (``step-N`` with a state file), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def _prior_dtype(name: str, device: torch.device, mixed: str) -> torch.dtype:
+    """The frozen prior runs in a lower dtype on GPU (it is never trained, so precision loss is harmless)."""
+    if name != "auto":
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    if device.type != "cuda":
+        return torch.bfloat16 if mixed == "bf16" else torch.float32
+    if mixed == "fp16" or not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("silo", "torch", "diffusers", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    """Tracker-safe config: scalars as they are, everything else as JSON text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in d.items()}
+
+
+class OperatorTrainer:
+    """``setup()`` (checks and loads everything), ``resume()``, ``train()`` -> the model card."""
+
+    def __init__(self, cfg: TrainOperatorConfig) -> None:
+        cfg.check()
+        self.cfg, self.out = cfg, Path(cfg.output)
+        self.step, self.history, self.val_losses = 0, [], {}
+
+    # -- set-up: cheap checks first, then the prior and the operator --------------------------------
+    def setup(self) -> "OperatorTrainer":
+        cfg = self.cfg
+        if self.out.exists() and not self.out.is_dir():
+            raise SiloError(f"--output {self.out} exists and is not a folder")
+        self.resume_from = self._checkpoint_to_resume()
+        source = tdata.open_source(cfg.data, cfg.dataset, cfg.split, cfg.image_column)
+        self.split = tdata.split_data(source, cfg.validation_images, cfg.seed)
+        tdata.check_images(self.split, cfg.crop_size)
+        self.accelerator = acc = self._accelerator()
+        from silo.priors.prior import Prior
+
+        self.prior = Prior.from_pretrained(cfg.prior, device=acc.device,
+                                           dtype=_prior_dtype(cfg.prior_dtype, acc.device, cfg.mixed_precision))
+        self.task, self.degradation = self._degradation()
+        m = self.prior.size_multiple
+        if cfg.crop_size % m:
+            raise SiloError(f"--crop-size {cfg.crop_size} must be a multiple of {m} px for this prior")
+        self.degradation.check_size(cfg.crop_size, cfg.crop_size)
+        from silo.degradations.inpainting import Inpainting
+
+        mask_channel = cfg.kind == "readout" and isinstance(self.degradation, Inpainting) and self.degradation.box == "random"
+        self.sigma_max = SIGMA_MAX[cfg.kind] if cfg.noise_sigma_max is None else float(cfg.noise_sigma_max)
+        self.objective = Objective(self.prior, self.degradation, cfg.kind, self.sigma_max, cfg.loss, cfg.clamp_target, mask_channel)
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)  # the operator's initial weights
+        model = build_operator(cfg.kind, self.prior, cfg.crop_size, mask_channel, cfg.operator_config, cfg.init_operator)
+        if cfg.kind == "readout":  # the timestep embedding is unused by SILO (and would stall DDP)
+            for block in model.bottleneck_layers:
+                block.emb_layers.requires_grad_(False)
+        self.lr = LR[cfg.kind] if cfg.lr is None else cfg.lr
+        opt_cls = torch.optim.Adam if cfg.kind == "cnn" else torch.optim.AdamW
+        optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+        self.identity = self._identity(model)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        return self
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        root, want = self.out / "checkpoints", self.cfg.resume_from_checkpoint
+        existing = list_checkpoints(root)
+        if want is None:
+            if existing:
+                raise SiloError(f"--output {self.out} already holds checkpoints (last {existing[-1].name}); pass "
+                                f"--resume-from-checkpoint latest to continue, or choose a new --output")
+            return None
+        if want == "latest":
+            return existing[-1] if existing else None
+        path = Path(want)
+        if not (path / STATE_FILE).is_file():
+            raise SiloError(f"--resume-from-checkpoint {want}: not a silo train-operator checkpoint (no {STATE_FILE})")
+        return path
+
+    def _accelerator(self):
+        from importlib.util import find_spec
+
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        cfg = self.cfg
+        report = cfg.report_to
+        if report == "auto":
+            report = "tensorboard" if find_spec("tensorboard") else "none"
+        elif report != "none" and find_spec(report) is None:
+            raise SiloError(f"--report-to {report}: {report} is not installed (pip install {report}), or pass --report-to none")
+        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise SiloError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
+        # accelerate only forms a CPU process group when told it runs on CPU (torchrun on a machine without GPUs)
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) >= 0
+        try:
+            return Accelerator(
+                cpu=cfg.cpu or (launched and not torch.cuda.is_available()),
+                mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                log_with=None if report == "none" else [report],
+                project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+            )
+        except ValueError as err:
+            raise SiloError(f"cannot set up accelerate: {str(err).splitlines()[0]}") from None
+
+    def _degradation(self):
+        cfg = self.cfg
+        if cfg.degradation is not None:
+            from silo.training.user_degradation import load_user_degradation
+
+            deg = load_user_degradation(cfg.degradation, 0.0, cfg.crop_size, self.accelerator.device)
+            return None, deg
+        from silo.degradations.tasks import load_task
+
+        task = load_task(cfg.task)
+        return task, task.degradation
+
+    def _identity(self, model: torch.nn.Module) -> dict[str, Any]:
+        """What a checkpoint must share with the run resuming it: everything but the RESUMABLE settings."""
+        cfg = asdict(self.cfg)
+        ident = {k: v for k, v in cfg.items() if k not in RESUMABLE and k != "operator_config"}
+        for key in ("prior", "data", "dataset"):
+            if ident.get(key) and Path(ident[key]).exists():
+                ident[key] = str(Path(ident[key]).resolve())
+        ident.update(noise_sigma_max=self.sigma_max, lr=self.lr, validation_images=len(self.split.val),
+                     degradation_settings=json.loads(json.dumps(self.degradation.describe(), default=str)),
+                     operator=operator_config(model))
+        return ident
+
+    # -- resume ----------------------------------------------------------------------------------------
+    def resume(self) -> "OperatorTrainer":
+        path = self.resume_from
+        if path is None:
+            if self.cfg.resume_from_checkpoint == "latest" and self.accelerator.is_main_process:
+                print(f"no checkpoint in {self.out / 'checkpoints'} yet: starting a new run")
+            return self
+        state = json.loads((path / STATE_FILE).read_text())
+        old = state.get("config", {})
+        for key in sorted(set(old) | set(self.identity)):
+            if old.get(key) != self.identity.get(key):
+                raise SiloError(f"checkpoint {path} is from another configuration: {key} was {old.get(key)!r}, "
+                                f"now {self.identity.get(key)!r}; resume with the same settings or use a new --output")
+        try:
+            self.accelerator.load_state(str(path))
+        except (RuntimeError, KeyError, FileNotFoundError) as err:
+            raise SiloError(f"checkpoint {path}: cannot load ({str(err).splitlines()[0]})") from None
+        self.step = int(state["step"])
+        self.val_losses = {int(k): v for k, v in state.get("val_losses", {}).items()}
+        if self.accelerator.is_main_process:
+            print(f"resumed from {path} at step {self.step}")
+        return self
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        acc.init_trackers("silo-train-operator", config=_flat({**self.identity, "processes": acc.num_processes}))
+        if acc.is_main_process:
+            (self.out / "logs").mkdir(parents=True, exist_ok=True)
+            (self.out / "training_config.json").write_text(json.dumps(self.identity, indent=2))
+        rank, world = acc.process_index, acc.num_processes
+        self.val_x, self.val_idx = tdata.validation_images(self.split, cfg.crop_size, rank, world)
+        loader = tdata.train_loader(self.split, cfg.crop_size, cfg.batch_size, cfg.seed, rank, world,
+                                    self.step * cfg.gradient_accumulation_steps, cfg.num_workers)
+        batches = iter(loader)
+        started, first_step = time.perf_counter(), self.step
+        if self.step == 0 and self.split.val:
+            self.validate()  # the loss before training, on the fixed validation draws
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train-operator", dynamic_ncols=True,
+                   disable=not (acc.is_main_process and cfg.show_progress))
+        self.first_batch: list[int] | None = None
+        while self.step < cfg.max_steps:
+            loss = self._train_step(batches)
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            self._log({"train/loss": loss, "train/lr": self.lr})
+            if self.split.val and (self.step % cfg.validation_every == 0 or self.step == cfg.max_steps):
+                self.validate()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        if self.split.val and self.step not in self.val_losses:
+            self.validate()
+        return self.export(time.perf_counter() - started, self.step - first_step)
+
+    def _next(self, batches) -> tuple[Tensor, Tensor]:
+        try:
+            return next(batches)
+        except SiloError as err:  # one raised in a DataLoader worker arrives with the worker's traceback
+            raise SiloError(tdata.worker_error_line(err)) from None
+
+    def _train_step(self, batches) -> float:
+        cfg, acc = self.cfg, self.accelerator
+        losses = []
+        for k in range(cfg.gradient_accumulation_steps):
+            micro = self.step * cfg.gradient_accumulation_steps + k
+            x, idx = self._next(batches)
+            if self.first_batch is None:
+                self.first_batch = [int(i) for i in idx]
+            sample = self.objective.draw(x, derive_seed(cfg.seed, micro, acc.process_index))
+            with acc.accumulate(self.model):
+                with acc.autocast():
+                    pred = self.objective.predict(self.model, sample)
+                loss = self.objective.loss(pred, sample.target)
+                acc.backward(loss)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        loss = float(acc.reduce(torch.stack(losses).mean(), "mean"))
+        if not math.isfinite(loss):
+            raise SiloError(f"the training loss became {loss} at step {self.step + 1}; lower --lr, use --clamp-target "
+                            f"or --mixed-precision no")
+        return loss
+
+    # -- validation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Loss on the held-out images with fixed draws (sigma = sigma_max / 2), and a grid PNG."""
+        cfg, acc = self.cfg, self.accelerator
+        model = acc.unwrap_model(self.model).eval()  # no DDP collectives: shards may differ in size
+        total = torch.zeros(2, device=acc.device)
+        rows = []
+        for start in range(0, len(self.val_x), cfg.batch_size):
+            xb = self.val_x[start:start + cfg.batch_size]
+            s = self.objective.draw(xb, derive_seed(cfg.seed, 2**31, self.val_idx[start]), sigma=self.sigma_max / 2)
+            with acc.autocast():
+                pred = self.objective.predict(model, s)
+            per = self.objective.loss(pred, s.target, per_image=True)
+            total += torch.stack([per.sum(), torch.tensor(float(len(per)), device=per.device)]).to(total)
+            if start == 0 and acc.is_main_process:
+                rows = self._grid_rows(xb, s, pred)
+        model.train()
+        total = acc.reduce(total, "sum")
+        value = float(total[0] / total[1]) if total[1] > 0 else None
+        self.val_losses[self.step] = value
+        self._log({"val/loss": value})
+        if rows and acc.is_main_process:
+            self._save_grid(rows, value)
+        return value
+
+    def _grid_rows(self, x: Tensor, s: Sample, pred: Tensor, n: int = 4) -> list[list[tuple[str, Tensor]]]:
+        dec = lambda z: self.prior.decode(z[:n]).float().clamp(-1, 1).cpu()  # noqa: E731
+        target, output = dec(s.target), dec(pred.float())
+        return [[("x", x[i:i + 1].cpu()), ("A(x)+n", s.measurement[i:i + 1].cpu()),
+                 ("D(E(A(x)+n))", target[i:i + 1]), ("D(H(E(x)))", output[i:i + 1])] for i in range(len(target))]
+
+    def _save_grid(self, rows: list[list[tuple[str, Tensor]]], value: float | None) -> None:
+        from PIL import Image
+
+        from silo.io.grid import make_grid
+
+        images = [make_grid(r, [f"step {self.step}, validation loss {value:.4f}"] if i == len(rows) - 1 else [])
+                  for i, r in enumerate(rows)]
+        canvas = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images)), "white")
+        top = 0
+        for im in images:
+            canvas.paste(im, (0, top))
+            top += im.height
+        folder = self.out / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        canvas.save(folder / f"step-{self.step:07d}.png")
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_image("validation/grid", np.asarray(canvas), self.step, dataformats="HWC")
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({"validation/grid": wandb.Image(canvas)}, step=self.step)
+
+    def _log(self, values: dict[str, Any]) -> None:
+        values = {k: v for k, v in values.items() if v is not None}
+        self.accelerator.log(values, step=self.step)
+        if self.accelerator.is_main_process:
+            with open(self.out / "logs" / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, **values}) + "\n")
+
+    # -- checkpoints and the result --------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """``accelerator.save_state`` into a temporary folder, renamed when complete; keeps the newest K."""
+        acc, root = self.accelerator, self.out / "checkpoints"
+        final, tmp = root / f"step-{self.step}", root / f".tmp-step-{self.step}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"step": self.step, "config": self.identity, "val_losses": self.val_losses}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in list_checkpoints(root)[: -self.cfg.checkpoints_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def export(self, seconds: float, steps_run: int) -> dict[str, Any]:
+        """The operator folder (``save_pretrained``: config.json + safetensors) and ``model_card.json``."""
+        from accelerate.utils import gather_object
+
+        acc, cfg = self.accelerator, self.cfg
+        first_batches = gather_object([self.first_batch or []])
+        card = {
+            "prior": self.identity["prior"], "prior_description": self.prior.describe(),
+            "task": self.task.name if self.task else None, "degradation": cfg.degradation or self.degradation.describe(),
+            "kind": cfg.kind,
+            "noise_sigma_range": [0.0, self.sigma_max],
+            "noise_sigma_scale": "std on the [0, 1] image scale (the published code's [-1, 1] scale is twice this)",
+            "loss": cfg.loss, "clamp_target": cfg.clamp_target, "crop_size": cfg.crop_size,
+            "data": {"source": cfg.data or cfg.dataset, "split": cfg.split if cfg.dataset else None,
+                     "train_images": len(self.split.train), "validation_images": len(self.split.val)},
+            "steps": self.step, "batch_size": cfg.batch_size,
+            "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes,
+            "processes": acc.num_processes, "lr": self.lr, "mixed_precision": cfg.mixed_precision,
+            "initial_validation_loss": self.val_losses.get(0),
+            "final_validation_loss": self.val_losses.get(self.step),
+            "validation_losses": {str(k): v for k, v in sorted(self.val_losses.items())},
+            "first_batch_per_process": first_batches, "seconds_this_session": round(seconds, 2),
+            "steps_this_session": steps_run, "operator": self.identity["operator"], "versions": _versions(),
+        }
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(str(self.out))
+            (self.out / CARD_FILE).write_text(json.dumps(card, indent=2))
+        acc.wait_for_everyone()
+        acc.end_training()
+        return card
+
+
+def train_operator(cfg: TrainOperatorConfig) -> dict[str, Any]:
+    """Set up, resume if asked, train, and write the operator folder; returns the model card."""
+    return OperatorTrainer(cfg).setup().resume().train()
