@@ -249,7 +249,7 @@ def train_loader(split: DataSplit, crop: int, batch_size: int, seed: int, rank: 
     """An endless loader of ``(images, indices)`` for this process, starting at micro-batch ``start_batch``."""
     sampler = ShardedBatches(split.train, batch_size, seed, rank, world, start_batch)
     return DataLoader(TrainImages(split.source, crop), batch_sampler=sampler, num_workers=num_workers,
-                      persistent_workers=False, prefetch_factor=2 if num_workers else None)
+                      prefetch_factor=2 if num_workers else None, pin_memory=torch.cuda.is_available())
 
 
 def validation_images(split: DataSplit, crop: int, rank: int = 0, world: int = 1) -> tuple[Tensor, list[int]]:

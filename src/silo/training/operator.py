@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from silo.degradations.base import Degradation
@@ -268,7 +267,7 @@ class OperatorTrainer:
     def __init__(self, cfg: TrainOperatorConfig) -> None:
         cfg.check()
         self.cfg, self.out = cfg, Path(cfg.output)
-        self.step, self.history, self.val_losses = 0, [], {}
+        self.step, self.val_losses = 0, {}
 
     # -- set-up: cheap checks first, then the prior and the operator --------------------------------
     def setup(self) -> "OperatorTrainer":
@@ -276,14 +275,15 @@ class OperatorTrainer:
         if self.out.exists() and not self.out.is_dir():
             raise SiloError(f"--output {self.out} exists and is not a folder")
         self.resume_from = self._checkpoint_to_resume()
-        source = tdata.open_source(cfg.data, cfg.dataset, cfg.split, cfg.image_column)
-        self.split = tdata.split_data(source, cfg.validation_images, cfg.seed)
-        tdata.check_images(self.split, cfg.crop_size)
         self.accelerator = acc = self._accelerator()
         from silo.priors.prior import Prior
 
-        self.prior = Prior.from_pretrained(cfg.prior, device=acc.device,
-                                           dtype=_prior_dtype(cfg.prior_dtype, acc.device, cfg.mixed_precision))
+        with acc.main_process_first():  # downloads (Hub dataset or prior) happen once, then hit the cache
+            source = tdata.open_source(cfg.data, cfg.dataset, cfg.split, cfg.image_column)
+            self.split = tdata.split_data(source, cfg.validation_images, cfg.seed)
+            tdata.check_images(self.split, cfg.crop_size)
+            self.prior = Prior.from_pretrained(cfg.prior, device=acc.device,
+                                               dtype=_prior_dtype(cfg.prior_dtype, acc.device, cfg.mixed_precision))
         self.task, self.degradation = self._degradation()
         m = self.prior.size_multiple
         if cfg.crop_size % m:
