@@ -28,8 +28,10 @@ FEATURE_CHANNELS = [1280] * 6 + [640] * 3 + [320] * 3
 EXPECTED_KIND = {"cnn_sigma_layernorm": "cnn", "rg_sigma": "readout", "rg_sigma_condinpaint": "readout",
                  "preserve_ldn": "preserve"}
 
+# Outside CI a checkout without ../shared skips these; in CI (CI=true) a missing reference fails them.
 needs_reference = pytest.mark.skipif(
-    not (KEYS_FILE.is_file() and GOLDEN_FILE.is_file()), reason=f"reference files not found under {SHARED}"
+    not (KEYS_FILE.is_file() and GOLDEN_FILE.is_file()) and not os.environ.get("CI"),
+    reason=f"reference files not found under {SHARED}",
 )
 
 

@@ -263,3 +263,30 @@ def test_preset_runs_a_published_format_file_with_the_scripts_settings(models, p
     assert log["settings"]["eta"] == 0.5 and log["settings"]["clamp_measurement"] is True
     assert log["settings"]["prompt"] == "A high quality photo of a face"
     assert log["operator"]["source"].endswith("cnn_ffhq_sr_8.pt")
+
+
+def test_interrupted_write_leftovers_do_not_block_resumption(models, photos, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "photo0_sr4_silo_s1000.png").write_bytes(b"half-written by a killed run")
+    assert run(models, str(photos / "photo0.png"), "--simulate", "--task", "sr4", "--output-dir", str(out)) == 0
+    assert "incomplete leftover" in capsys.readouterr().err
+    assert Image.open(out / "photo0_sr4_silo_s1000.png").size == (SIZE, SIZE)
+
+
+def test_measurement_mode_pad_for_super_resolution(models, tmp_path):
+    low = tmp_path / "low.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (15, 17, 3), dtype=np.uint8)).save(low)
+    assert run(models, str(low), "--task", "sr4", "--output-dir", str(tmp_path / "a")) == 1
+    assert run(models, str(low), "--task", "sr4", "--pad", "--output-dir", str(tmp_path / "b")) == 0
+    assert Image.open(tmp_path / "b" / "low_sr4_silo_s1000.png").size == (68, 60)
+    grid = Image.open(tmp_path / "b" / "low_sr4_silo_s1000_grid.png")
+    assert grid.size[0] < 4 * 72, "grid panels are shown at the true size, not the padded one"
+
+
+def test_simulate_refuses_mask_and_kernel(models, photos, tmp_path, capsys):
+    mask = tmp_path / "m.png"
+    Image.fromarray(np.full((SIZE, SIZE), 255, np.uint8)).save(mask)
+    rc = run(models, str(photos / "photo0.png"), "--simulate", "--task", "inpaint_center", "--mask", str(mask),
+             "--output-dir", str(tmp_path / "o"))
+    assert rc == 2 and "with --simulate the task draws its own" in capsys.readouterr().err

@@ -114,3 +114,67 @@ def test_bad_settings(tiny_prior, operator):
     problem = Problem(load_task("sr4").degradation, torch.zeros(1, 3, 8, 8), seeds=[1])
     with pytest.raises(SiloError, match="needs a latent operator"):
         silo(tiny_prior, problem, SamplerSettings(steps=2))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_predict_x0_matches_the_scheduler(tiny_prior, prediction_type):
+    """cfg_fix recomputes z0_hat from the conditional prediction; it must equal what the scheduler computes."""
+    from diffusers import DDPMScheduler
+
+    from silo.samplers.common import predict_x0
+
+    sched = DDPMScheduler.from_config(tiny_prior.scheduler.config, prediction_type=prediction_type, clip_sample=False)
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    z, out = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = sched.timesteps[3]
+    expected = sched.step(out, t, z, generator=torch.Generator().manual_seed(1)).pred_original_sample
+    torch.testing.assert_close(predict_x0(sched, out, t, z), expected)
+
+
+def test_ddim_differs_from_ddpm_and_ddim_eta_matters(tiny_prior, operator):
+    x = random_images(1, (32, 32), seed=10)
+    ddpm = _run(tiny_prior, operator, x, [1], scheduler="ddpm", steps=4).output
+    ddim = _run(tiny_prior, operator, x, [1], scheduler="ddim", steps=4).output
+    ddim_noisy = _run(tiny_prior, operator, x, [1], scheduler="ddim", steps=4, ddim_eta=1.0).output
+    assert not torch.allclose(ddpm, ddim, atol=1e-3)
+    assert not torch.allclose(ddim, ddim_noisy, atol=1e-3)
+
+
+def test_readout_operator_batch_equals_single(tiny_prior):
+    from silo.operators import ReadoutOperator
+    from silo.operators.features import feature_channels
+
+    torch.manual_seed(0)
+    op = ReadoutOperator(latent_channels=4, embedding_dim=tiny_prior.embedding_dim, feature_channels=feature_channels(tiny_prior.unet),
+                         bottleneck_channels=8, projection_dim=16, norm_groups=4, head_channels=(8, 8), norm_size=8).eval()
+    x = random_images(2, (32, 32), seed=11)
+    batch = _run(tiny_prior, op, x, [5, 6], steps=3)
+    for i, s in enumerate([5, 6]):
+        single = _run(tiny_prior, op, x[i : i + 1], [s], steps=3)
+        torch.testing.assert_close(batch.output[i : i + 1], single.output, atol=2e-4, rtol=0)
+
+
+def test_measurement_inpainting_ignores_what_the_hole_holds(tiny_prior, operator):
+    """The user's file may have anything in the hole; the measurement is y * mask."""
+    task = load_task("inpaint_center")
+    x = random_images(1, (32, 32), seed=12)
+    params = task.degradation.sample_params(x.shape, [0])
+    holey = x * params["mask"]
+    garbage = holey + (1 - params["mask"]) * 0.7
+    settings = SamplerSettings(steps=3)
+    a = restore(tiny_prior, task, settings, [1], measurement=holey, params=params, operator=operator, show_progress=False)
+    b = restore(tiny_prior, task, settings, [1], measurement=garbage, params=params, operator=operator, show_progress=False)
+    torch.testing.assert_close(a.output, b.output)
+
+
+def test_pad_samples_at_a_valid_size_and_crops_back(tiny_prior, operator):
+    task = load_task("sr4")
+    y = random_images(1, (7, 9), seed=13)  # a 36x28 image: not a multiple of 8
+    with pytest.raises(SiloError, match="--pad"):
+        restore(tiny_prior, task, SamplerSettings(steps=2), [1], measurement=y, operator=operator, show_progress=False)
+    sizes = []
+    res = restore(tiny_prior, task, SamplerSettings(steps=2), [1], measurement=y, operator=operator, show_progress=False,
+                  pad=True, callback=lambda info: sizes.append(tuple(info["z"].shape[-2:])))
+    assert res.output.shape[-2:] == (28, 36) and res.a_output.shape[-2:] == (7, 9)
+    assert sizes[0] == (8, 10), "sampled at 32x40 (latent 8x10), the padded size"

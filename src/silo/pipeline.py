@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from silo.degradations.base import Params
@@ -32,6 +34,25 @@ class Restoration:
     steps: int
 
 
+def padded_size(prior: Prior, task: Task, height: int, width: int) -> tuple[int, int]:
+    """The smallest image size >= ``height x width`` that the prior (and an SR factor) can take."""
+    multiple = prior.size_multiple
+    scale = getattr(task.degradation, "scale", 1)
+    multiple = math.lcm(multiple, int(scale))
+    return math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
+
+
+def _pad(x: Tensor, size: tuple[int, int], mode: str = "reflect", value: float = 0.0) -> Tensor:
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    if dh == 0 and dw == 0:
+        return x
+    if mode == "reflect" and (dh >= x.shape[-2] or dw >= x.shape[-1]):
+        mode = "replicate"  # reflection cannot pad more than the side itself
+    if mode == "constant":
+        return F.pad(x, (0, dw, 0, dh), mode="constant", value=value)
+    return F.pad(x, (0, dw, 0, dh), mode=mode)
+
+
 def restore(
     prior: Prior,
     task: Task,
@@ -46,8 +67,14 @@ def restore(
     operator: torch.nn.Module | None = None,
     callback: Callback | None = None,
     show_progress: bool = True,
+    pad: bool = False,
 ) -> Restoration:
-    """Restore a batch; exactly one of ``reference`` / ``measurement`` is given."""
+    """Restore a batch; exactly one of ``reference`` / ``measurement`` is given.
+
+    With ``pad``, an image size the prior cannot take is handled by padding the *measurement* (reflection;
+    inpainting masks mark the padding as known), sampling at the padded size and cropping the result back;
+    the degradation itself always runs at the true size, so masks, metrics and ``A(output)`` are unaffected.
+    """
     if (reference is None) == (measurement is None):
         raise ValueError("give exactly one of reference= (simulation) or measurement=")
     if method not in SAMPLERS:
@@ -65,15 +92,25 @@ def restore(
             a_reference = deg.A(reference, params)
             y = deg.add_noise(a_reference, seeds)
     else:
-        y = measurement.to(device, torch.float32)
         params = {k: v.to(device) for k, v in (params or {}).items()}
+        y = measurement.to(device, torch.float32)
+        mask = deg.mask(params)
+        if mask is not None:  # the hole holds whatever the file has; the operator was trained on zeros there
+            y = y * mask.to(y)
         a_reference = None
-    image_size = deg.image_shape(*y.shape[-2:])
-    prior.check_image_size(*image_size)
-    problem = Problem(deg, y, params, list(seeds), image_size)
+    height, width = deg.image_shape(*y.shape[-2:])
+    size = (height, width)
+    if pad:
+        size = padded_size(prior, task, height, width)
+    prior.check_image_size(*size)
+    y_run, params_run = y, params
+    if size != (height, width):
+        y_run = _pad(y, deg.measurement_shape(*size))
+        params_run = {k: (_pad(v, size, "constant", 1.0) if k == "mask" else v) for k, v in params.items()}
+    problem = Problem(deg, y_run, params_run, list(seeds), size)
     z0 = SAMPLERS[method](prior, problem, settings, operator=operator, callback=callback, show_progress=show_progress)
     with torch.no_grad():
-        output = prior.decode(z0).float().clamp(-1, 1)
+        output = prior.decode(z0).float().clamp(-1, 1)[..., :height, :width]
         check_finite(output, settings.steps, "the decoded image")
         a_output = deg.A(output, params)
     seconds = time.perf_counter() - start

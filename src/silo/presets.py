@@ -32,7 +32,26 @@ class Preset:
     seed: int = 1000
 
     def operator_path(self, weights_dir: str | Path) -> Path:
-        return Path(weights_dir) / self.operator_file
+        """The published operator file: ``<weights_dir>/<file>``, or the one file of that name below it.
+
+        The archive's inner layout is not documented, so sub-folders are searched; when nothing matches,
+        the error lists the ``.pt`` files that are there so the user can pass ``--operator FILE``.
+        """
+        root = Path(weights_dir)
+        direct = root / self.operator_file
+        if direct.is_file():
+            return direct
+        found = sorted(root.rglob(self.operator_file)) if root.is_dir() else []
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise SiloError(f"preset {self.name}: several files named {self.operator_file} under {root}: pass --operator FILE")
+        others = sorted(str(p.relative_to(root)) for p in root.rglob("*.pt")) if root.is_dir() else []
+        listing = f" (found: {', '.join(others[:12])}); pass --operator FILE" if others else ""
+        raise SiloError(
+            f"preset {self.name}: operator file {direct} not found; unpack the published trained_ckpt archive "
+            f"there or pass --weights-dir / --operator{listing}"
+        )
 
 
 PRESETS: dict[str, Preset] = {

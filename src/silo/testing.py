@@ -86,7 +86,8 @@ def tiny_prior(conditional: bool = False, seed: int = 0, latent_channels: int = 
             layers_per_block=1,
             norm_num_groups=8,
         )
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False)
     name = "tiny-random-conditional" if conditional else "tiny-random"
     return Prior(vae, unet, scheduler, text_encoder, tokenizer, name=name)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from silo.degradations.tasks import Task, load_task
@@ -105,11 +105,6 @@ def _load_models(args: argparse.Namespace, task: Task, preset, device: torch.dev
     kind = args.operator_kind or (preset.kind if preset else None)
     if operator_source is None and preset is not None:
         operator_source = preset.operator_path(args.weights_dir)
-        if not Path(operator_source).is_file():
-            raise SiloError(
-                f"preset {preset.name}: operator file {operator_source} not found; unpack the published "
-                f"trained_ckpt archive there or pass --weights-dir / --operator"
-            )
     if operator_source is None and args.method in ("silo", "silo_x0"):
         operator_source = default_operator_path(task.name, args.operator_kind)
     prior = Prior.from_pretrained(prior_source, device=device, dtype=dtype)
@@ -158,52 +153,44 @@ def _settings(args: argparse.Namespace, task: Task, preset, prior_source):
     prompt = args.prompt if args.prompt is not None else (preset.prompt if preset else "")
     if args.cfg_fix and args.guidance_scale == 1.0:
         raise SiloError("--cfg-fix only matters with --guidance-scale > 1")
+    if args.steps is not None and args.steps < 1:
+        raise SiloError(f"--steps must be >= 1, got {args.steps}")
+    if eta < 0 or args.grad_clamp < 0 or args.ddim_eta < 0:
+        raise SiloError("--eta, --grad-clamp and --ddim-eta must be >= 0")
     return SamplerSettings(
         steps=steps, scheduler=args.scheduler, eta=eta, grad_clamp=args.grad_clamp or None,
         clamp_measurement=clamp, guidance_scale=args.guidance_scale, cfg_fix=args.cfg_fix,
-        prompt=prompt, negative_prompt=args.negative_prompt, deterministic=args.deterministic,
+        prompt=prompt, negative_prompt=args.negative_prompt, deterministic=args.deterministic, ddim_eta=args.ddim_eta,
     )
-
-
-def _pad(x: Tensor, size: tuple[int, int], value_mode: str = "reflect") -> Tensor:
-    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
-    if dh == 0 and dw == 0:
-        return x
-    mode = value_mode if dh < x.shape[-2] and dw < x.shape[-1] else "replicate"
-    return F.pad(x, (0, dw, 0, dh), mode=mode)
 
 
 def _prepare(item: Item, tensor: Tensor, simulate: bool, task: Task, prior, args, out_dir: Path,
              stem: str) -> Job:
+    """Check one loaded input against the task and prior, load its mask/kernel, and name its outputs."""
+    from silo.pipeline import padded_size
+
     deg = task.degradation
-    multiple = prior.size_multiple
-    if deg.name == "super_resolution":
-        multiple = math.lcm(multiple, deg.scale)
     params: dict[str, Tensor] = {}
+    h, w = tensor.shape[-2:]
+    crop = (h, w) if simulate else deg.image_shape(h, w)
+    if crop[0] * crop[1] > args.max_pixels:
+        raise SiloError(f"{item.source}: the restored image would be {crop[1]}x{crop[0]}, over --max-pixels {args.max_pixels}")
+    if not args.pad:
+        try:
+            prior.check_image_size(*crop)
+        except SiloError as err:
+            origin = "" if simulate or (h, w) == crop else f" (restored from a {w}x{h} measurement)"
+            raise SiloError(f"{item.source}: {err}{origin}") from None
     if simulate:
-        h, w = tensor.shape[-2:]
-        crop = (h, w)
-        target = (math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple)
-        if target != crop:
-            if not args.pad:
-                prior.check_image_size(h, w)
-                deg.check_size(h, w)
-            tensor = _pad(tensor, target)
-        deg.check_size(*tensor.shape[-2:])
+        deg.check_size(h, w)
         params = deg.sample_params(tensor.shape, [item.param_seed])
     else:
-        crop = deg.image_shape(*tensor.shape[-2:])
-        target = (math.ceil(crop[0] / multiple) * multiple, math.ceil(crop[1] / multiple) * multiple)
-        if target != crop:
-            if not args.pad:
-                prior.check_image_size(*crop)
-            tensor = _pad(tensor, deg.measurement_shape(*target))
         if args.mask:
             from silo.io.images import load_mask
 
             if deg.name != "inpainting":
                 raise SiloError(f"--mask is for inpainting tasks, not {task.name}")
-            params["mask"] = _pad(load_mask(args.mask, crop), target, "replicate")
+            params["mask"] = load_mask(args.mask, crop)
         elif deg.name == "inpainting":
             raise SiloError(f"{item.source}: inpainting a measurement needs --mask (white = known pixels)")
         if args.kernel:
@@ -214,13 +201,30 @@ def _prepare(item: Item, tensor: Tensor, simulate: bool, task: Task, prior, args
             params["kernel"] = load_kernel(args.kernel)[None]
         elif deg.name == "motion_blur":
             raise SiloError(f"{item.source}: deblurring a motion-blurred photo needs its --kernel")
-        deg.check_size(*target)
+        deg.check_size(*(padded_size(prior, task, *crop) if args.pad else crop))
     paths = {
         "image": out_dir / f"{stem}.png",
         "grid": out_dir / f"{stem}_grid.png",
         "log": out_dir / f"{stem}.json",
     }
     return Job(item, tensor, params, crop, paths)
+
+
+def _load_item(item: Item) -> Tensor:
+    try:
+        return item.load()
+    except SiloError:
+        raise
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SiloError(f"{item.source}: unreadable image ({err})") from None
+
+
+def _remove_leftovers(paths: dict[str, Path]) -> None:
+    """Images of a run killed before its log was written are not results: clear them so it can resume."""
+    for key in ("image", "grid"):
+        if paths[key].exists():
+            print(f"removing incomplete leftover {paths[key]} (no log beside it)", file=sys.stderr)
+            paths[key].unlink()
 
 
 def _fmt(v: Any) -> str:
@@ -257,12 +261,16 @@ def restore_command(args: argparse.Namespace) -> int:
     if task.noise_sigma < 0:
         raise SiloError("--noise-sigma must be >= 0")
     items, simulate = _collect_items(args)
+    if simulate and (args.mask or args.kernel):
+        raise SiloError("--mask and --kernel describe a real measurement; with --simulate the task draws its own")
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SiloError(f"--output-dir {out_dir} exists and is not a folder")
     device = resolve_device(args.device)
     prior, prior_source, operator, operator_source = _load_models(args, task, preset, device)
     settings = _settings(args, task, preset, prior_source)
+    if not prior.is_conditional and (settings.prompt or settings.guidance_scale != 1.0):
+        print("silo restore: note: the prior is unconditional; --prompt and --guidance-scale have no effect", file=sys.stderr)
     seed = args.seed if not preset or args.seed != 1000 else preset.seed
     show = not args.no_progress
 
@@ -277,7 +285,9 @@ def restore_command(args: argparse.Namespace) -> int:
             print(f"skip {item.source}: {out_dir / (stem + '.json')} exists", file=sys.stderr)
             continue
         try:
-            jobs.append(_prepare(item, item.load(), simulate, task, prior, args, out_dir, stem))
+            job = _prepare(item, _load_item(item), simulate, task, prior, args, out_dir, stem)
+            _remove_leftovers(job.paths)
+            jobs.append(job)
         except SiloError as err:
             failures.append(f"{item.source}: {err}" if item.source not in str(err) else str(err))
             print(f"silo restore: error: {failures[-1]}", file=sys.stderr)
@@ -293,7 +303,7 @@ def restore_command(args: argparse.Namespace) -> int:
             batches.append([job])
 
     base_log = {
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),
         "mode": "simulate" if simulate else "measurement",
         "task": task.to_dict(),
         "method": args.method,
@@ -317,7 +327,16 @@ def restore_command(args: argparse.Namespace) -> int:
         try:
             kwargs = {"reference": tensors} if simulate else {"measurement": tensors}
             res = restore(prior, task, settings, [seed] * len(batch), params=params, method=args.method,
-                          operator=operator, show_progress=show, **kwargs)
+                          operator=operator, show_progress=show, pad=args.pad, **kwargs)
+        except torch.OutOfMemoryError:
+            err = SiloError(f"out of memory restoring {batch[0].tensor.shape[-1]}x{batch[0].tensor.shape[-2]} inputs "
+                            f"(batch {len(batch)}); use a smaller --batch-size, --dtype bfloat16 or smaller images")
+            if len(batch) > 1:
+                queue = [[j] for j in batch] + queue
+                continue
+            failures.append(f"{batch[0].item.source}: {err}")
+            print(f"silo restore: error: {failures[-1]}", file=sys.stderr)
+            continue
         except SiloError as err:
             if len(batch) > 1:  # retry one by one so one bad image does not lose the others
                 queue = [[j] for j in batch] + queue
@@ -328,18 +347,18 @@ def restore_command(args: argparse.Namespace) -> int:
         deg = task.degradation
         for i, job in enumerate(batch):
             h, w = job.crop
-            out = res.output[i : i + 1, :, :h, :w].cpu()
+            out = res.output[i : i + 1].cpu()
             a_out = res.a_output[i : i + 1].cpu()
             y = res.measurement[i : i + 1].cpu()
             if simulate:
-                ref = res.reference[i : i + 1, :, :h, :w].cpu()
+                ref = res.reference[i : i + 1].cpu()
                 metrics = restoration_metrics(out, ref, a_out, res.a_reference[i : i + 1].cpu())[0]
                 panels = [("x", ref), ("A(x)+n", y), ("output", out), ("A(output)", a_out)]
             else:
                 metrics = {"consistency_psnr_vs_measurement": psnr(a_out, y)[0]}
                 panels = [("y", y), ("output", out), ("A(output)", a_out)]
-            metrics["seconds"] = res.seconds / len(batch)
-            metrics["seconds_per_step"] = res.seconds / res.steps
+            metrics["seconds"] = res.seconds / len(batch)  # per image: the batch's wall time shared out
+            metrics["seconds_per_step"] = res.seconds / len(batch) / res.steps
             line = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
                               if isinstance(v, (float, int)) and not k.endswith("_note"))
             log = {

@@ -35,9 +35,12 @@ def psnr_y(a: Tensor, b: Tensor) -> list[float]:
     return [float("inf") if m == 0 else -10 * math.log10(float(m)) for m in mse]
 
 
-def ssim(a: Tensor, b: Tensor) -> list[float]:
+def ssim(a: Tensor, b: Tensor) -> list[float | None]:
+    """Per-image SSIM (11x11 Gaussian window); None for images under 11 px a side."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
+    if min(a.shape[-2:]) < 11:  # the 11x11 Gaussian window does not fit
+        return [None] * a.shape[0]
     return [
         float(structural_similarity_index_measure(_01(a[i : i + 1]), _01(b[i : i + 1]), data_range=1.0))
         for i in range(a.shape[0])

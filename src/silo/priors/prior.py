@@ -154,6 +154,11 @@ class Prior:
     def scaling_factor(self) -> float:
         return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
 
+    @property
+    def shift_factor(self) -> float:
+        """Latent mean offset of some VAEs (SD 3.5, FLUX); 0 for Stable Diffusion 1.x and silo-tiny."""
+        return float(getattr(self.vae.config, "shift_factor", 0.0) or 0.0)
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -171,8 +176,8 @@ class Prior:
         m = self.size_multiple
         if height % m or width % m:
             raise SiloError(
-                f"size {width}x{height} is not a multiple of {m} px, which this prior needs "
-                f"(nearest: {round(width / m) * m or m}x{round(height / m) * m or m}); pass --pad to pad and crop back"
+                f"image size {width}x{height} is not a multiple of {m} px, which this prior needs; "
+                f"pass --pad to pad it and crop the result back"
             )
 
     # -- VAE ------------------------------------------------------------------------------------
@@ -189,11 +194,11 @@ class Prior:
             latent = dist.mean + dist.std * noise
         else:
             latent = dist.mean
-        return latent * self.scaling_factor
+        return (latent - self.shift_factor) * self.scaling_factor
 
     def decode(self, z: Tensor) -> Tensor:
         """``D(z)`` in [-1, 1] (not clamped, so gradients flow where a method needs them)."""
-        return self.vae.decode(z.to(self.dtype) / self.scaling_factor).sample
+        return self.vae.decode(z.to(self.dtype) / self.scaling_factor + self.shift_factor).sample
 
     # -- text -------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | list[str], batch: int, negative_prompt: str | list[str] = "",

@@ -26,9 +26,15 @@ def make_scheduler(prior: Prior, settings: SamplerSettings):
     train_steps = int(prior.scheduler.config.num_train_timesteps)
     if not 1 <= settings.steps <= train_steps:
         raise SiloError(f"steps must be in 1..{train_steps}, got {settings.steps}")
-    scheduler = kinds[settings.scheduler].from_config(prior.scheduler.config)
+    # latents are not images: never clip or threshold z0_hat (a config that omits clip_sample means True)
+    scheduler = kinds[settings.scheduler].from_config(prior.scheduler.config, clip_sample=False, thresholding=False)
     scheduler.set_timesteps(settings.steps, device=prior.device)
     return scheduler
+
+
+def step_kwargs(settings: SamplerSettings) -> dict[str, Any]:
+    """Extra arguments of ``scheduler.step`` for the chosen scheduler (DDIM's own stochasticity)."""
+    return {"eta": settings.ddim_eta} if settings.scheduler == "ddim" else {}
 
 
 def initial_latents(prior: Prior, problem: Problem, scheduler) -> Tensor:

@@ -46,7 +46,7 @@ class Problem:
 
     def generators(self, stream: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
         """Independent per-image generators for one named random stream."""
-        return generators_for([s * 1009 + stream for s in self.seeds], device)
+        return generators_for([(s * 1_000_003 + stream * 7_919 + 104_729) % (2**63) for s in self.seeds], device)
 
 
 @dataclass

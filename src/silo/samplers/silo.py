@@ -25,6 +25,7 @@ from silo.samplers.common import (
     predict_x0,
     progress,
     prompt_embeddings,
+    step_kwargs,
 )
 from silo.samplers.problem import Problem, SamplerSettings, encode_measurement
 
@@ -66,7 +67,7 @@ def silo(
                     if needs_features:
                         collector.clear()
                     guided, cond = predict(prior, z, t, prompts, settings.guidance_scale)
-                    out = scheduler.step(guided, t, z, generator=step_generators)
+                    out = scheduler.step(guided, t, z, generator=step_generators, **step_kwargs(settings))
                     z_prev, z0_hat = out.prev_sample, out.pred_original_sample
                     if cfg and settings.cfg_fix:
                         z0_hat = predict_x0(scheduler, cond, t, z)
