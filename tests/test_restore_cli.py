@@ -290,3 +290,13 @@ def test_simulate_refuses_mask_and_kernel(models, photos, tmp_path, capsys):
     rc = run(models, str(photos / "photo0.png"), "--simulate", "--task", "inpaint_center", "--mask", str(mask),
              "--output-dir", str(tmp_path / "o"))
     assert rc == 2 and "with --simulate the task draws its own" in capsys.readouterr().err
+
+
+def test_user_degradation_from_a_python_file(models, photos, tmp_path):
+    mod = tmp_path / "mydeg.py"
+    mod.write_text("import torch\n\ndef darken(x):\n    return 0.5 * x - 0.2\n")
+    rc = run(models, str(photos / "photo0.png"), "--simulate", "--degradation", f"{mod}:darken", "--noise-sigma", "0.01",
+             "--output-dir", str(tmp_path / "o"))
+    assert rc == 0
+    log = json.loads((tmp_path / "o" / "photo0_user-mydeg_silo_s1000.json").read_text())
+    assert log["task"]["source"] == f"{mod}:darken" and log["task"]["noise_sigma"] == 0.01

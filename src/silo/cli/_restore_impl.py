@@ -257,7 +257,14 @@ def restore_command(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset) if args.preset else None
     if args.batch_size < 1:
         raise SiloError("--batch-size must be >= 1")
-    task = load_task(args.task or (preset.task if preset else "sr4"), args.noise_sigma)
+    if args.degradation:
+        from silo.training.user_degradation import user_task
+
+        if args.task or preset:
+            raise SiloError("--degradation replaces --task (and --preset): give only one")
+        task = user_task(args.degradation, args.noise_sigma or 0.0)
+    else:
+        task = load_task(args.task or (preset.task if preset else "sr4"), args.noise_sigma)
     if task.noise_sigma < 0:
         raise SiloError("--noise-sigma must be >= 0")
     items, simulate = _collect_items(args)

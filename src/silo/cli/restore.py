@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     mdl = p.add_argument_group("models")
     mdl.add_argument("--task", default=None, help="task name (see `silo tasks`) or a task .yaml file [default: sr4]")
+    mdl.add_argument("--degradation", metavar="MODULE:CALLABLE",
+                     help="your own degradation (a function or class taking and returning images in [-1, 1], "
+                          "from a .py file or module), instead of --task; noise from --noise-sigma")
     mdl.add_argument("--preset", help="one of the nine published runs (see README); sets prior, operator, task and settings")
     mdl.add_argument("--weights-dir", default="trained_ckpt", help="folder holding the published operator files (--preset)")
     mdl.add_argument("--prior", help="Hub id, diffusers folder or single-file checkpoint [default: shipped silo-tiny]")

@@ -1,0 +1,1 @@
+"""Training: latent operators (``operator.py``) and the silo-tiny prior (``prior.py``)."""
