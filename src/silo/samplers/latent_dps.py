@@ -1,0 +1,104 @@
+"""Latent-DPS (LDPS): diffusion posterior sampling in latent space, guided through the VAE decoder.
+
+The peer SILO is compared against (Chung et al., ICLR 2023, applied to latents as defined in the PSLD
+paper). Each step differentiates the pixel-space residual ``||y - A(D(z0_hat))||`` (per image, the norm,
+not its square) w.r.t. ``z_t`` through the UNet *and* the decoder:
+``z_{t-1} = z_prev - zeta * grad``. That decoder backward every step is the cost SILO avoids.
+
+Step size: the keyword-only ``zeta`` (not ``settings.eta``, which is SILO's own; ``settings.grad_clamp`` is
+SILO's too: the published LDPS does not clamp). JPEG gets the straight-through gradient of its codec.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from silo.priors.prior import Prior
+from silo.samplers.common import (
+    Callback,
+    check_finite,
+    deterministic_mode,
+    initial_latents,
+    make_scheduler,
+    predict,
+    predict_x0,
+    progress,
+    prompt_embeddings,
+    step_kwargs,
+)
+from silo.samplers.problem import Problem, SamplerSettings
+
+#: provisional default, not yet tuned on silo-tiny's training photos (see docs/evaluation.md)
+DEFAULT_ZETA = 1.0
+
+#: ``objective(z0_hat) -> (scalar to differentiate, per-image measurement residual norm)``
+Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def measurement_residual(prior: Prior, problem: Problem, z0_hat: Tensor) -> Tensor:
+    """Per-image ``||y - A(D(z0_hat))||_2`` in pixel space, differentiable through the decoder."""
+    x0 = prior.decode(z0_hat).float()
+    return (problem.y.float() - problem.degradation.A(x0, problem.params)).flatten(1).norm(dim=1)
+
+
+def decoder_guided(
+    prior: Prior,
+    problem: Problem,
+    settings: SamplerSettings,
+    objective: Objective,
+    desc: str,
+    callback: Callback | None,
+    show_progress: bool,
+) -> Tensor:
+    """The loop LDPS and PSLD share: ``z_{t-1} = z_prev - grad_{z_t} objective(z0_hat(z_t))``.
+
+    Same scheduler, initial noise, CFG and per-image generators as the SILO sampler, so that methods differ
+    only in their guidance.
+    """
+    with deterministic_mode(settings.deterministic):
+        scheduler = make_scheduler(prior, settings)
+        prompts = prompt_embeddings(prior, problem, settings)
+        z = initial_latents(prior, problem, scheduler)
+        step_generators = problem.generators(stream=3, device=prior.device)
+        cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
+        for i, t in enumerate(progress(scheduler.timesteps, show_progress, desc)):
+            z = z.detach().requires_grad_(True)
+            with torch.enable_grad():
+                guided, cond = predict(prior, z, t, prompts, settings.guidance_scale)
+                out = scheduler.step(guided, t, z, generator=step_generators, **step_kwargs(settings))
+                z_prev, z0_hat = out.prev_sample, out.pred_original_sample
+                if cfg and settings.cfg_fix:
+                    z0_hat = predict_x0(scheduler, cond, t, z)
+                total, residual = objective(z0_hat)
+                (grad,) = torch.autograd.grad(total, z)
+            check_finite(grad, i, "the guidance gradient")
+            z = (z_prev - grad).detach()
+            check_finite(z, i, "the latents")
+            if callback is not None:
+                callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat.detach(), "loss": residual.detach()})
+    return z
+
+
+def latent_dps(
+    prior: Prior,
+    problem: Problem,
+    settings: SamplerSettings,
+    operator: torch.nn.Module | None = None,
+    callback: Callback | None = None,
+    show_progress: bool = True,
+    *,
+    zeta: float = DEFAULT_ZETA,
+) -> Tensor:
+    """Latent-DPS latents ``z_0`` for a batch; ``operator`` is ignored (LDPS uses the pixel-space ``A``).
+
+    ``zeta``: step size on ``grad_{z_t} ||y - A(D(z0_hat))||`` (provisional default 1.0).
+    """
+
+    def objective(z0_hat: Tensor) -> tuple[Tensor, Tensor]:
+        residual = measurement_residual(prior, problem, z0_hat)
+        return zeta * residual.sum(), residual
+
+    return decoder_guided(prior, problem, settings, objective, "LDPS", callback, show_progress)

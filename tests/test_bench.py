@@ -1,0 +1,74 @@
+"""`silo bench`: the quick run writes valid JSON with every method and reference cost; ratios and target
+checks; the SD 1.5 architecture matches its published parameter counts. The full SD 1.5 bench is `slow`."""
+
+import json
+
+import pytest
+import torch
+
+from silo.cli import main
+from silo.evaluation.bench import METHODS, REFERENCE_OPS, add_ratios, check_targets
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_quick_bench_writes_valid_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--output", str(out), "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    assert data["schema"] == "silo.bench/1" and data["complete"] and "random weights" in data["note"]
+    (run,) = data["runs"]
+    assert (run["prior"], run["size"], run["dtype"]) == ("tiny-random", 32, "float32")
+    assert set(run["reference"]) == set(REFERENCE_OPS)
+    assert set(run["methods"]) == set(METHODS)
+    for name, m in run["methods"].items():
+        assert m["seconds_per_step"] > 0 and len(m["step_seconds"]) == 2, name
+        assert m["peak_memory_bytes"] > 0 and m["ratio_to_unet_forward"] > 0
+    assert run["methods"]["ldps"]["ratio_to_ldps"] == 1.0
+    assert data["targets"] == []  # targets concern SD 1.5 at 512 px only
+    assert "silo_cnn" in capsys.readouterr().out
+    assert main(["bench", "--quick", "--output", str(out)]) == 2  # never overwritten
+
+
+def test_ratios_and_targets():
+    run = {"prior": "sd15", "size": 512, "dtype": "float32",
+           "reference": {"unet_forward": {"seconds": 10.0}, "unet_forward_backward": {"seconds": 20.0}},
+           "methods": {"ldps": {"seconds_per_step": 80.0, "peak_memory_bytes": 12},
+                       "silo_cnn": {"seconds_per_step": 21.0, "peak_memory_bytes": 5},
+                       "silo_x0": {"seconds_per_step": 11.0, "peak_memory_bytes": 4},
+                       "psld": {"error": "out of memory"}}}
+    add_ratios(run)
+    assert run["methods"]["silo_cnn"]["ratio_to_ldps"] == pytest.approx(21 / 80)
+    assert run["methods"]["silo_x0"]["ratio_to_unet_forward"] == pytest.approx(1.1)
+    results = {t["target"]: t["passed"] for t in check_targets([run])}
+    assert list(results.values()) == [False, True, True, True]  # 21/80 > 1/4: not 4x faster
+    assert check_targets([{**run, "size": 256}]) == []
+
+
+def test_sd15_architecture_matches_the_published_parameter_counts():
+    """Built on the meta device: shapes without memory or initialisation time."""
+    from silo.evaluation.bench import sd15_prior
+
+    meta = torch.device("meta")
+    with meta:
+        prior = sd15_prior(meta)
+    assert sum(p.numel() for p in prior.unet.parameters()) == 859_520_964
+    assert sum(p.numel() for p in prior.vae.parameters()) == 83_653_863
+    assert (prior.latent_channels, prior.vae_scale, prior.size_multiple, prior.embedding_dim) == (4, 8, 64, 1280)
+    assert prior.scheduler.config.beta_schedule == "scaled_linear" and prior.scheduler.config.prediction_type == "epsilon"
+
+
+@pytest.mark.slow
+def test_sd15_bench_256px(tmp_path):
+    """Minutes on a CPU: the SD 1.5 architecture at 256 px, float32, every method."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--prior", "sd15", "--sizes", "256", "--dtypes", "float32", "--repeats", "1",
+                 "--output", str(out), "--no-progress"]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert all("seconds_per_step" in m for m in run["methods"].values())
