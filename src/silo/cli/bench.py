@@ -18,7 +18,8 @@ weights: timing and memory do not depend on weight values. silo-tiny is the ship
 test prior; anything else is a Hub id or diffusers folder.
 
 On a GPU: `silo bench --device cuda --output bench-gpu.json` (bfloat16 where the GPU supports it).
-On this project's CPU the full SD 1.5 bench takes about an hour; `--quick` takes seconds."""
+On this project's CPU SD 1.5 at 512 px float32 takes about half an hour (run it on an idle machine);
+`--quick` takes seconds."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
