@@ -300,3 +300,14 @@ def test_user_degradation_from_a_python_file(models, photos, tmp_path):
     assert rc == 0
     log = json.loads((tmp_path / "o" / "photo0_user-mydeg_silo_s1000.json").read_text())
     assert log["task"]["source"] == f"{mod}:darken" and log["task"]["noise_sigma"] == 0.01
+
+
+def test_peer_methods_with_options_through_restore(models, photos, tmp_path, capsys):
+    rc = run(models, str(photos / "photo0.png"), "--simulate", "--task", "sr4", "--method", "ldps", "--method-option",
+             "zeta=0.5", "--output-dir", str(tmp_path / "o"), operator=None)
+    assert rc == 0
+    log = json.loads((tmp_path / "o" / "photo0_sr4_ldps_s1000.json").read_text())
+    assert log["method"] == "ldps" and log["method_options"] == {"zeta": 0.5} and log["operator"] is None
+    rc = run(models, str(photos / "photo0.png"), "--simulate", "--method", "ldps", "--method-option", "gamma=1",
+             "--output-dir", str(tmp_path / "p"), operator=None)
+    assert rc == 2 and "no selected method takes 'gamma'" in capsys.readouterr().err

@@ -68,12 +68,14 @@ def restore(
     callback: Callback | None = None,
     show_progress: bool = True,
     pad: bool = False,
+    method_options: dict[str, float] | None = None,
 ) -> Restoration:
     """Restore a batch; exactly one of ``reference`` / ``measurement`` is given.
 
     With ``pad``, an image size the prior cannot take is handled by padding the *measurement* (reflection;
     inpainting masks mark the padding as known), sampling at the padded size and cropping the result back;
     the degradation itself always runs at the true size, so masks, metrics and ``A(output)`` are unaffected.
+    ``method_options`` are the sampler's keyword-only step sizes (e.g. ``{"zeta": 0.5}`` for ``ldps``).
     """
     if (reference is None) == (measurement is None):
         raise ValueError("give exactly one of reference= (simulation) or measurement=")
@@ -108,7 +110,8 @@ def restore(
         y_run = _pad(y, deg.measurement_shape(*size))
         params_run = {k: (_pad(v, size, "constant", 1.0) if k == "mask" else v) for k, v in params.items()}
     problem = Problem(deg, y_run, params_run, list(seeds), size)
-    z0 = SAMPLERS[method](prior, problem, settings, operator=operator, callback=callback, show_progress=show_progress)
+    z0 = SAMPLERS[method](prior, problem, settings, operator=operator, callback=callback, show_progress=show_progress,
+                          **(method_options or {}))
     with torch.no_grad():
         output = prior.decode(z0).float().clamp(-1, 1)[..., :height, :width]
         check_finite(output, settings.steps, "the decoded image")

@@ -254,7 +254,18 @@ def restore_command(args: argparse.Namespace) -> int:
     from silo.pipeline import restore
     from silo.presets import get_preset
 
+    from silo.evaluation.options import parse_method_options
+    from silo.samplers import SAMPLERS
+
     preset = get_preset(args.preset) if args.preset else None
+    if args.method not in SAMPLERS:
+        raise SiloError(f"unknown method {args.method!r} (choose from {', '.join(SAMPLERS)})")
+    configs = parse_method_options(args.method_option, [args.method])
+    if len(configs) > 1:
+        raise SiloError("--method-option takes one value per option in restore (sweeps are for silo evaluate)")
+    method_options = configs[0].option_dict
+    if args.method == "silo" and "eta" in method_options:
+        raise SiloError("SILO's step size is --eta")
     if args.batch_size < 1:
         raise SiloError("--batch-size must be >= 1")
     if args.degradation:
@@ -314,6 +325,7 @@ def restore_command(args: argparse.Namespace) -> int:
         "mode": "simulate" if simulate else "measurement",
         "task": task.to_dict(),
         "method": args.method,
+        "method_options": method_options,
         "preset": args.preset,
         "prior": {"source": str(prior_source), **prior.describe()},
         "operator": None if operator is None else {
@@ -334,7 +346,7 @@ def restore_command(args: argparse.Namespace) -> int:
         try:
             kwargs = {"reference": tensors} if simulate else {"measurement": tensors}
             res = restore(prior, task, settings, [seed] * len(batch), params=params, method=args.method,
-                          operator=operator, show_progress=show, pad=args.pad, **kwargs)
+                          operator=operator, show_progress=show, pad=args.pad, method_options=method_options, **kwargs)
         except torch.OutOfMemoryError:
             err = SiloError(f"out of memory restoring {batch[0].tensor.shape[-1]}x{batch[0].tensor.shape[-2]} inputs "
                             f"(batch {len(batch)}); use a smaller --batch-size, --dtype bfloat16 or smaller images")

@@ -52,7 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mdl.add_argument("--operator", help="operator folder (save_pretrained) or published .pt file [default: shipped]")
     mdl.add_argument("--operator-kind", choices=["cnn", "readout", "preserve"],
                      help="which shipped operator, or the format of a published .pt file")
-    mdl.add_argument("--method", default="silo", help="sampler (see silo.samplers.SAMPLERS)")
+    mdl.add_argument("--method", default="silo",
+                     help="sampler: silo, silo_x0 (one UNet forward per step), ldps (Latent-DPS), psld")
+    mdl.add_argument("--method-option", action="append", default=[], metavar="NAME=VALUE",
+                     help="a step size of the method, e.g. zeta=0.5 for ldps (see docs/evaluation.md); repeatable")
 
     smp = p.add_argument_group("sampling")
     smp.add_argument("--steps", type=int, help="diffusion steps [default: the prior's card, else 999]")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from silo.errors import SiloError
-from silo.evaluation.options import MethodConfig, bound_options, method_options, parse_method_options
+from silo.evaluation.options import MethodConfig, method_options, parse_method_options
 from silo.evaluation.records import OPERATOR_METHODS, method_label, method_slug
 from silo.evaluation.sources import collect_items, load_task_operator, operator_source
 
@@ -99,9 +99,10 @@ def run_batch(jobs: list[EvalJob], prepared: list, ctx: dict[str, Any]) -> list[
     tensors = torch.cat([p.tensor for p in prepared])
     params = {k: torch.cat([p.params[k] for p in prepared]) for k in prepared[0].params}
     release_memory(device)
-    with bound_options(config.method, options), PeakMemory(device) as mem:
+    with PeakMemory(device) as mem:
         res = restore(ctx["prior"], task, settings, [seed] * len(jobs), reference=tensors, params=params,
-                      method=config.method, operator=operator, show_progress=ctx["show"], pad=ctx["pad"])
+                      method=config.method, operator=operator, show_progress=ctx["show"], pad=ctx["pad"],
+                      method_options=options)
     effective = {k: v for k, v in method_options(config.method).items() if k != "eta"}
     effective.update(options)
     if config.method == "silo":

@@ -7,12 +7,10 @@ takes it; several values sweep it (cartesian product per method). SILO's ``eta``
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
 import itertools
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from silo.errors import SiloError
 
@@ -69,20 +67,3 @@ def parse_method_options(specs: list[str], methods: list[str]) -> list[MethodCon
         for combo in itertools.product(*(chosen[m][k] for k in keys)):
             configs.append(MethodConfig(m, tuple(zip(keys, combo))))
     return configs
-
-
-@contextlib.contextmanager
-def bound_options(method: str, options: dict[str, float]) -> Iterator[None]:
-    """While active, ``SAMPLERS[method]`` runs with ``options``: ``pipeline.restore`` takes a method by name
-    and forwards no options, so they are bound here (and unbound on exit)."""
-    from silo.samplers import SAMPLERS
-
-    if not options:
-        yield
-        return
-    original = SAMPLERS[method]
-    SAMPLERS[method] = functools.partial(original, **options)
-    try:
-        yield
-    finally:
-        SAMPLERS[method] = original
