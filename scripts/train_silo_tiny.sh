@@ -17,7 +17,7 @@ silo build-data --output "$RUNS/data"
 if [ ! -f "$PRIOR/vae/config.json" ]; then
   silo train-prior --stage vae --data "$RUNS/data" --output "$RUNS/vae" --resume-from-checkpoint latest \
     --max-steps "$VAE_STEPS" --batch-size 8 --lr 1e-3 --crop 64 --threads "$THREADS" --checkpoint-every 100 \
-    --model '{"latent_channels": 16}' --export "$PRIOR"
+    --model '{"latent_channels": 16, "groups": 8}' --export "$PRIOR"
 fi
 
 silo train-prior --stage unet --data "$RUNS/data" --output "$RUNS/unet" --vae "$PRIOR/vae" \

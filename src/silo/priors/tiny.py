@@ -21,14 +21,20 @@ UNET_LAYERS = 1
 CARD_FILE = "silo_prior.json"
 
 
-def norm_groups(widths: tuple[int, ...] | list[int]) -> int:
-    """Largest GroupNorm group count (<= 32) that divides every width."""
-    return max(g for g in range(1, 33) if all(w % g == 0 for w in widths))
+def norm_groups(widths: tuple[int, ...] | list[int], per_group: int = 4) -> int:
+    """GroupNorm group count dividing every width, with at least ``per_group`` channels per group.
+
+    With one channel per group GroupNorm becomes instance norm: it erases each channel's mean and
+    contrast over the crop, so the final ``norm -> conv_out`` can hardly express flat colour. Measured
+    on the silo-tiny VAE (batch 8, 64 px crops): 32 groups gave 14.9 dB at step 200 and grey,
+    colourless reconstructions at 18.5 dB by step 800; 8 groups gave 17.0 dB at step 200.
+    """
+    return max(g for g in range(1, 33) if all(w % g == 0 and w // g >= per_group for w in widths))
 
 
 def vae_config(
     widths: tuple[int, ...] = VAE_WIDTHS, latent_channels: int = LATENT_CHANNELS, layers: int = 1,
-    scaling_factor: float = 1.0,
+    scaling_factor: float = 1.0, groups: int | None = None,
 ) -> dict[str, Any]:
     """``AutoencoderKL`` kwargs: no mid-block attention (size-independent, cheap)."""
     return dict(
@@ -39,7 +45,7 @@ def vae_config(
         block_out_channels=list(widths),
         layers_per_block=layers,
         latent_channels=latent_channels,
-        norm_num_groups=norm_groups(widths),
+        norm_num_groups=groups or norm_groups(widths),
         sample_size=64,
         scaling_factor=scaling_factor,
         mid_block_add_attention=False,
@@ -48,7 +54,7 @@ def vae_config(
 
 def unet_config(
     latent_channels: int = LATENT_CHANNELS, widths: tuple[int, ...] = UNET_WIDTHS, layers: int = UNET_LAYERS,
-    sample_size: int = 32,
+    sample_size: int = 32, groups: int | None = None,
 ) -> dict[str, Any]:
     """``UNet2DModel`` kwargs: convolutional blocks, attention at the lowest resolution only."""
     n = len(widths)
@@ -61,7 +67,7 @@ def unet_config(
         down_block_types=["DownBlock2D"] * (n - 1) + ["AttnDownBlock2D"],
         up_block_types=["AttnUpBlock2D"] + ["UpBlock2D"] * (n - 1),
         attention_head_dim=32,
-        norm_num_groups=norm_groups(widths),
+        norm_num_groups=groups or norm_groups(widths),
         add_attention=True,
     )
 

@@ -224,8 +224,8 @@ def cached_latents(vae, images: list[np.ndarray], output: Path, vae_dir: str) ->
     weights = sorted(Path(vae_dir).glob("*.safetensors"))
     key = sha256_file(weights[0])[:16] if weights else "none"  # re-encode only when the VAE changes
     path = output / f"latents-{key}.pt"
-    if path.is_file():
-        return [z.float() for z in torch.load(path, weights_only=True)]
+    if path.is_file():  # kept in fp16 in memory too; crops are converted to fp32 as they are drawn
+        return torch.load(path, weights_only=True)
     scale = float(vae.config.scaling_factor)
     latents = []
     with torch.no_grad():
@@ -235,7 +235,7 @@ def cached_latents(vae, images: list[np.ndarray], output: Path, vae_dir: str) ->
     output.mkdir(parents=True, exist_ok=True)
     torch.save(latents, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
-    return [z.float() for z in latents]
+    return latents
 
 
 # -- the loop ---------------------------------------------------------------------------------
