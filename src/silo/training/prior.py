@@ -334,7 +334,10 @@ def save_checkpoint(out: Path, step: int, accelerator, ema: EMA, sampler: CropSa
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.save_state(str(tmp), safe_serialization=True)
     torch.save(ema.state_dict(), tmp / EMA_FILE)
-    state = {"step": step, "sampler": sampler.state_dict(), "config": asdict(cfg)}
+    model = accelerator.unwrap_model(accelerator._models[0])
+    # the resolved diffusers config: export rebuilds exactly this architecture even if defaults change
+    model_config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    state = {"step": step, "sampler": sampler.state_dict(), "config": asdict(cfg), "model_config": model_config}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -29,6 +29,8 @@ def _ema_model(cfg: TrainConfig, build) -> tuple[torch.nn.Module, dict]:
         raise SiloError(f"no checkpoint in {cfg.output}/checkpoints to export")
     state = json.loads((ckpt / STATE_FILE).read_text())
     model = build(state["config"])
+    if "model_config" in state:  # the exact trained architecture, immune to changed defaults
+        model = type(model).from_config(state["model_config"])
     shadow = torch.load(ckpt / EMA_FILE, weights_only=True)["shadow"]
     missing = set(model.state_dict()) - set(shadow)
     if missing:
