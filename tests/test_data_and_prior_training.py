@@ -51,6 +51,20 @@ def test_build_data_writes_scales_and_keeps_heldout_apart(tmp_path):
     assert json.loads((again / photos.DATASET_FILE).read_text()) == dataset
 
 
+def test_patches_are_deterministic_training_crops_and_refuse_other_settings(tmp_path):
+    from PIL import Image
+
+    out = photos.build_dataset(tmp_path / "data", skimage_manifest(tmp_path), progress=False)
+    folder = photos.write_patches(out, 6, size=32, seed=3, progress=False)
+    first = [np.asarray(Image.open(folder / f"{i:06d}.png")) for i in range(6)]
+    assert all(p.shape == (32, 32, 3) for p in first) and len({p.tobytes() for p in first}) == 6
+    (folder / "000002.png").unlink()  # an interrupted run: the missing patch is redrawn identically
+    photos.write_patches(out, 6, size=32, seed=3, progress=False)
+    assert np.array_equal(np.asarray(Image.open(folder / "000002.png")), first[2])
+    with pytest.raises(SiloError, match="patches made with"):
+        photos.write_patches(out, 6, size=32, seed=4, progress=False)
+
+
 def test_build_data_rejects_changed_file_and_missing_package(tmp_path):
     with pytest.raises(SiloError, match="checksum"):
         photos.build_dataset(tmp_path / "a", skimage_manifest(tmp_path, sha256="0" * 64), progress=False)

@@ -203,3 +203,29 @@ def test_fid_is_reported_unavailable_without_local_weights(tmp_path):
 
     path, status = find_inception_weights(tmp_path / "missing.pth")
     assert path is None and status.startswith("unavailable: ")
+
+
+def test_naive_estimate_is_the_measurement_at_image_size(setup, tmp_path):
+    from silo.degradations.tasks import load_task
+    from silo.pipeline import restore
+    from silo.priors import Prior
+    from silo.samplers import SamplerSettings
+
+    prior = Prior.from_pretrained(str(setup / "prior"))
+    x = random_images(2, (SIZE, SIZE), seed=5)
+    for name in ("sr4", "inpaint_center"):
+        task = load_task(name)
+        res = restore(prior, task, SamplerSettings(steps=3), [1, 2], reference=x, method="naive")
+        assert res.steps == 0 and res.output.shape == x.shape
+        mask = task.degradation.mask(res.params)
+        expected = task.degradation.to_image_size(res.measurement).clamp(-1, 1)
+        assert torch.equal(res.output, expected if mask is None else expected * mask)
+        if name == "inpaint_center":  # the hole stays empty: nothing but the measurement is used
+            assert torch.all(res.output * (1 - mask) == 0) and not torch.allclose(res.output, x)
+    args = argv(setup, tmp_path)
+    args[args.index("--methods") + 1] = "naive,silo"
+    assert main(args) == 0
+    table = rows(tmp_path)
+    assert {m for _, m in table} == {"naive", "silo[cnn]"}
+    log = json.loads(next((tmp_path / "runs").glob("img0_sr4_naive_*.json")).read_text())
+    assert log["metrics"]["seconds_per_step"] is None and log["metrics"]["psnr"] > 5

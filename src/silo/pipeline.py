@@ -22,6 +22,16 @@ from silo.samplers import SAMPLERS, Problem, SamplerSettings
 from silo.samplers.common import Callback, check_finite
 
 
+#: the measurement-only estimate: the degraded image brought to the image's size (bicubic up-sampling for SR,
+#: the blurred / JPEG / masked image otherwise), no prior involved; the line any restoration must beat
+NAIVE = "naive"
+
+
+def method_names() -> list[str]:
+    """Every method ``restore`` runs: the registered samplers and the naive estimate."""
+    return [*SAMPLERS, NAIVE]
+
+
 @dataclass
 class Restoration:
     output: Tensor  # B x 3 x H x W in [-1, 1]
@@ -31,7 +41,7 @@ class Restoration:
     a_reference: Tensor | None  # A(x), noise-free (simulation only)
     params: Params
     seconds: float
-    steps: int
+    steps: int  # sampling steps run (0 for the naive estimate)
 
 
 def padded_size(prior: Prior, task: Task, height: int, width: int) -> tuple[int, int]:
@@ -79,8 +89,8 @@ def restore(
     """
     if (reference is None) == (measurement is None):
         raise ValueError("give exactly one of reference= (simulation) or measurement=")
-    if method not in SAMPLERS:
-        raise SiloError(f"unknown method {method!r} (choose from {', '.join(SAMPLERS)})")
+    if method not in method_names():
+        raise SiloError(f"unknown method {method!r} (choose from {', '.join(method_names())})")
     deg = task.degradation
     device = prior.device
     start = time.perf_counter()
@@ -100,6 +110,14 @@ def restore(
         if mask is not None:  # the hole holds whatever the file has; the operator was trained on zeros there
             y = y * mask.to(y)
         a_reference = None
+    if method == NAIVE:
+        with torch.no_grad():
+            output = deg.to_image_size(y).float().clamp(-1, 1)
+            mask = deg.mask(params)
+            if mask is not None:  # the masked image: measurement noise in the hole is not an estimate of it
+                output = output * mask.to(output)
+            a_output = deg.A(output, params)
+        return Restoration(output, y, a_output, reference, a_reference, params, time.perf_counter() - start, 0)
     height, width = deg.image_shape(*y.shape[-2:])
     size = (height, width)
     if pad:

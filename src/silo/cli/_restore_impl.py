@@ -255,11 +255,11 @@ def restore_command(args: argparse.Namespace) -> int:
     from silo.presets import get_preset
 
     from silo.evaluation.options import parse_method_options
-    from silo.samplers import SAMPLERS
+    from silo.pipeline import method_names
 
     preset = get_preset(args.preset) if args.preset else None
-    if args.method not in SAMPLERS:
-        raise SiloError(f"unknown method {args.method!r} (choose from {', '.join(SAMPLERS)})")
+    if args.method not in method_names():
+        raise SiloError(f"unknown method {args.method!r} (choose from {', '.join(method_names())})")
     configs = parse_method_options(args.method_option, [args.method])
     if len(configs) > 1:
         raise SiloError("--method-option takes one value per option in restore (sweeps are for silo evaluate)")
@@ -377,7 +377,7 @@ def restore_command(args: argparse.Namespace) -> int:
                 metrics = {"consistency_psnr_vs_measurement": psnr(a_out, y)[0]}
                 panels = [("y", y), ("output", out), ("A(output)", a_out)]
             metrics["seconds"] = res.seconds / len(batch)  # per image: the batch's wall time shared out
-            metrics["seconds_per_step"] = res.seconds / len(batch) / res.steps
+            metrics["seconds_per_step"] = res.seconds / len(batch) / res.steps if res.steps else None
             line = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
                               if isinstance(v, (float, int)) and not k.endswith("_note"))
             log = {

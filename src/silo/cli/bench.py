@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
             to_ldps = f"{m['ratio_to_ldps']:.2f}x LDPS" if m.get("ratio_to_ldps") else "LDPS n/a"
             peak = m.get("peak_memory_bytes")
             print(f"  {name:13s} {m['seconds_per_step']:.4g} s/step  {m['ratio_to_unet_forward']:.2f}x UNet fwd  "
-                  f"{to_ldps}  peak {peak / 2**30 if peak else float('nan'):.2f} GiB")
+                  f"{to_ldps}  peak {peak / 2**30 if peak else float('nan'):.2f} GiB"
+                  + (f" (+{m['extra_memory_bytes'] / 2**30:.2f} over the loaded models)"
+                     if m.get("extra_memory_bytes") is not None else ""))
     for t in result["targets"]:
         state = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
         print(f"target {state}: {t['target']} (value {t['value']}, limit {t['limit']})")

@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--update-manifest", action="store_true",
         help="maintainers: refresh checksums, sizes and versions in --manifest from the installed packages",
     )
+    parser.add_argument(
+        "--patches", type=int, default=0,
+        help="also cut this many random training patches into OUTPUT/patches-SIZE/ (fast to decode: the "
+        "`silo train-operator --data` folder for silo-tiny operators; deterministic) [default: none]",
+    )
+    parser.add_argument("--patch-size", type=int, default=128, help="patch side in px")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patch positions")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,4 +42,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = [p for p in photos.manifest_photos(manifest) if not args.source or p.source in args.source]
     n = {s: sum(p.split == s for p in chosen) for s in ("train", "heldout")}
     print(f"wrote {out}: {n['train']} training photos x {len(manifest['scales'])} scales, {n['heldout']} held out")
+    if args.patches:
+        folder = photos.write_patches(out, args.patches, args.patch_size, args.seed)
+        print(f"wrote {folder}: {args.patches} training patches of {args.patch_size} px (seed {args.seed})")
     return 0

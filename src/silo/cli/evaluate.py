@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 COMMAND = "evaluate"
-HELP = "compare methods (silo, silo_x0, ldps, psld) on clean images: degrade, restore, measure, tabulate"
+HELP = "compare methods (silo, silo_x0, ldps, psld, naive) on clean images: degrade, restore, measure, tabulate"
 DESCRIPTION = """Degrade clean images with each task, restore them with each method and seed, and write one
 JSON log per result (like `silo restore --simulate`) under OUTPUT/runs/, then a table (mean and 95%
 interval per metric, wall time per image and per step, peak memory) as OUTPUT/aggregate.{json,csv,md}
@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     cmp = p.add_argument_group("what to compare")
     cmp.add_argument("--tasks", default="sr4", help="comma-separated task names or .yaml files (see `silo tasks`)")
-    cmp.add_argument("--methods", default="silo,silo_x0,ldps,psld", help="comma-separated samplers")
+    cmp.add_argument("--methods", default="silo,silo_x0,ldps,psld", help="comma-separated samplers, and naive: the measurement alone (bicubic up-sampling for SR, the "
+                     "degraded image otherwise), the line to beat")
     cmp.add_argument("--seeds", default="1000", help="comma-separated sampling seeds")
     cmp.add_argument("--method-option", action="append", default=[], metavar="[METHOD.]NAME=V[,V...]",
                      help="a method's step size; several values sweep it; repeatable")

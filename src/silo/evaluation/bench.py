@@ -253,6 +253,15 @@ def add_ratios(run: dict[str, Any]) -> None:
             entry[f"ratio_to_{op}"] = s / base if base else None
         peak, ldps_peak = entry.get("peak_memory_bytes"), ldps.get("peak_memory_bytes")
         entry["peak_memory_ratio_to_ldps"] = peak / ldps_peak if peak and ldps_peak else None
+        # what the step adds on top of the loaded models (the peak includes the weights)
+        extra, ldps_extra = _extra_memory(entry), _extra_memory(ldps)
+        entry["extra_memory_bytes"] = extra
+        entry["extra_memory_ratio_to_ldps"] = extra / ldps_extra if extra and ldps_extra else None
+
+
+def _extra_memory(entry: dict[str, Any]) -> int | None:
+    peak, start = entry.get("peak_memory_bytes"), entry.get("memory_at_start_bytes")
+    return peak - start if peak is not None and start is not None else None
 
 
 def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

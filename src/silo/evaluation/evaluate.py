@@ -115,7 +115,8 @@ def run_batch(jobs: list[EvalJob], prepared: list, ctx: dict[str, Any]) -> list[
         a_out, a_ref = res.a_output[i : i + 1].cpu(), res.a_reference[i : i + 1].cpu()
         metrics = restoration_metrics(out, ref, a_out, a_ref, with_lpips=ctx["lpips"])[0]
         metrics["seconds"] = res.seconds / len(jobs)
-        metrics["seconds_per_step"] = res.seconds / len(jobs) / res.steps  # per image, as restore logs it
+        # per image, as restore logs it; none for the naive estimate, which samples nothing
+        metrics["seconds_per_step"] = res.seconds / len(jobs) / res.steps if res.steps else None
         metrics["peak_memory_bytes"] = mem.peak
         ref_path = ctx["references"] / f"{job.item.name}.png"
         if ctx["save"] != "none":
@@ -188,15 +189,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from silo.degradations.tasks import load_task
     from silo.models import default_prior_path
     from silo.priors.prior import Prior
-    from silo.samplers import SAMPLERS
+    from silo.pipeline import method_names
     from silo.samplers.common import progress
 
     if args.batch_size < 1:
         raise SiloError("--batch-size must be >= 1")
     methods = _split(args.methods)
-    unknown = [m for m in methods if m not in SAMPLERS]
+    unknown = [m for m in methods if m not in method_names()]
     if unknown or not methods:
-        raise SiloError(f"unknown method(s) {unknown} (choose from {', '.join(SAMPLERS)})")
+        raise SiloError(f"unknown method(s) {unknown} (choose from {', '.join(method_names())})")
     configs = parse_method_options(args.method_option, methods)
     try:
         seeds = [int(s) for s in _split(args.seeds)]

@@ -31,6 +31,8 @@ def method_options(method: str) -> dict[str, Any]:
     """The options a method takes and their defaults: its keyword-only arguments (SILO: ``eta``)."""
     from silo.samplers import SAMPLERS
 
+    if method not in SAMPLERS:
+        return {}  # the naive estimate takes no options
     params = inspect.signature(SAMPLERS[method]).parameters.values()
     options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
     if method == "silo":

@@ -1,0 +1,271 @@
+#!/usr/bin/env python
+"""Ship silo-tiny inside the package: copy the trained prior and operators (fp16), measure them on the
+held-out photos, choose each task's operator kind, and write the model card, plots and README tables.
+
+    python scripts/ship_silo_tiny.py --runs /work/silo-runs
+
+Measurements are `silo evaluate` runs under RUNS/ship/ (resumable: finished results are skipped), so an
+interrupted run picks up where it stopped. The package's weights folder is replaced only at the end,
+from a complete staging copy. Every number written is one this script measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEST = ROOT / "src" / "silo" / "weights" / "silo-tiny"
+DOC_IMAGES = ROOT / "docs" / "images"
+TASKS = ["sr4", "sr8", "gaussian_blur", "motion_blur", "inpaint_center", "inpaint_random", "jpeg"]
+KINDS = ["cnn", "readout"]
+MAX_BYTES = 60 * 2**20
+CURVE_TASK = "sr4"
+CURVE_STEPS = [10, 25, 50, 100, 250, 500, 1000]
+
+
+def run_silo(*args: str) -> None:
+    """One `silo` command in this process (the same code path as the command line)."""
+    from silo.cli import main
+
+    print("$ silo " + " ".join(args), flush=True)
+    code = main(list(args))
+    if code:
+        raise SystemExit(f"silo {args[0]} failed with exit code {code}")
+
+
+def stage(runs: Path, staging: Path) -> dict:
+    """Copy the prior as exported and every operator in fp16 into ``staging``; their cards, by name."""
+    from silo.operators import load_operator
+
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(runs / "prior", staging / "prior")
+    cards = {}
+    for task in TASKS:
+        for kind in KINDS:
+            name, src = f"{task}-{kind}", runs / "operators" / f"{task}-{kind}"
+            if not (src / "model_card.json").is_file():
+                raise SystemExit(f"{src}: not trained yet (no model_card.json): run scripts/train_silo_tiny.sh")
+            card = json.loads((src / "model_card.json").read_text())
+            card.pop("first_batch_per_process", None)  # file lists, not needed by users
+            op = load_operator(src)
+            op.half().save_pretrained(str(staging / "operators" / name), safe_serialization=True)
+            (staging / "operators" / name / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+            cards[name] = card
+    return cards
+
+
+def evaluate(staging: Path, out: Path, kind: str, steps: int, extra: list[str], methods: str = "naive,silo",
+             tasks: list[str] = TASKS) -> dict:
+    run_silo("evaluate", "--prior", str(staging / "prior"), "--operator", str(staging / "operators" / f"{{task}}-{kind}"),
+             "--operator-kind", kind, "--tasks", ",".join(tasks), "--methods", methods, "--steps", str(steps),
+             "--seeds", "1000", "--device", "cpu", "--no-progress", "--save", "image", "--output-dir", str(out), *extra)
+    return json.loads((out / "aggregate.json").read_text())
+
+
+def table_rows(aggregate: dict) -> dict[tuple[str, str], dict]:
+    return {(r["task"], r["method"]): r for r in aggregate["rows"]}
+
+
+def mean(row: dict | None, key: str) -> float | None:
+    stat = (row or {}).get("metrics", {}).get(key) or {}
+    return stat.get("mean")
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=Path("/work/silo-runs"))
+    parser.add_argument("--steps", type=int, default=100, help="default sampling steps written to the prior's card")
+    parser.add_argument("--crops", type=int, default=100, help="held-out 64x64 crops")
+    parser.add_argument("--curve-crops", type=int, default=16, help="held-out crops for the steps curve")
+    parser.add_argument("--curve-steps", default=",".join(map(str, CURVE_STEPS)), help="step counts of the curve")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ship = args.runs / "ship"
+    staging = DEST.parent / ".silo-tiny.staging"
+    started = time.time()
+
+    op_cards = stage(args.runs, staging)
+    prior_card_path = staging / "prior" / "silo_prior.json"
+    prior_card = json.loads(prior_card_path.read_text())
+    prior_card["default_steps"] = args.steps
+    prior_card_path.write_text(json.dumps(prior_card, indent=2) + "\n")
+
+    crops = ["--photos", "heldout", "--photo-count", str(args.crops), "--photo-size", "64", "--batch-size", "25"]
+    agg = {kind: evaluate(staging, ship / f"crops-{kind}", kind, args.steps, crops,
+                          methods="naive,silo" if kind == KINDS[0] else "silo") for kind in KINDS}
+    rows = {kind: table_rows(a) for kind, a in agg.items()}
+    default_operator, crops_table = {}, {}
+    for task in TASKS:
+        naive = rows[KINDS[0]].get((task, "naive"))
+        per_kind = {kind: rows[kind].get((task, f"silo[{kind}]")) for kind in KINDS}
+        default_operator[task] = max(KINDS, key=lambda k: mean(per_kind[k], "psnr") or float("-inf"))
+        crops_table[task] = {
+            "naive": {m: mean(naive, m) for m in ("psnr", "ssim", "consistency_psnr")},
+            **{f"silo[{k}]": {m: mean(r, m) for m in ("psnr", "ssim", "consistency_psnr", "seconds")}
+               for k, r in per_kind.items()},
+        }
+
+    # whole held-out photos at 256 px with each task's chosen operator kind
+    from silo.data.photos import example_names
+
+    examples = [a for name in example_names() for a in ("--example", name)]
+    photos_table = {}
+    for kind in KINDS:
+        tasks = [t for t in TASKS if default_operator[t] == kind]
+        if tasks:
+            a = evaluate(staging, ship / f"photos256-{kind}", kind, args.steps, examples, tasks=tasks)
+            for (task, method), r in table_rows(a).items():
+                photos_table.setdefault(task, {})[method] = {m: mean(r, m) for m in ("psnr", "ssim", "seconds")}
+
+    # quality against steps, one task, the chosen kind
+    kind = default_operator[CURVE_TASK]
+    curve = []
+    for steps in [int(v) for v in args.curve_steps.split(",")]:
+        a = evaluate(staging, ship / f"curve-{CURVE_TASK}-{steps}", kind, steps,
+                     ["--photos", "heldout", "--photo-count", str(args.curve_crops), "--photo-size", "64",
+                      "--batch-size", str(args.curve_crops)], methods="silo", tasks=[CURVE_TASK])
+        r = table_rows(a)[(CURVE_TASK, f"silo[{kind}]")]
+        curve.append({"steps": steps, "psnr": mean(r, "psnr"), "ssim": mean(r, "ssim"), "seconds": mean(r, "seconds")})
+    naive_curve = crops_table[CURVE_TASK]["naive"]["psnr"]
+    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+    plot_curve(curve, naive_curve, kind, DOC_IMAGES / "silo-tiny-steps.png")
+    make_task_grid(ship, DOC_IMAGES / "silo-tiny-tasks.png", default_operator)
+
+    card = {
+        "name": "silo-tiny",
+        "description": "a small latent diffusion prior (f4 VAE, 16 latent channels; unconditional UNet) and SILO "
+                       "operators for every shipped task, trained on CPU from packaged photos (docs/silo-tiny.md)",
+        "prior": {"description": prior_summary(prior_card), "metrics": prior_metrics(prior_card), "card": prior_card},
+        "operators": {name: {"task": c["task"], "kind": c["kind"], "steps": c["steps"],
+                             "final_validation_loss": c.get("final_validation_loss"),
+                             "summary": f"{c['kind']} for {c['task']}, {c['steps']} steps, validation loss "
+                                        f"{fmt(c.get('final_validation_loss'), 4)}"}
+                      for name, c in op_cards.items()},
+        "default_operator": default_operator,
+        "default_steps": args.steps,
+        "evaluation": {
+            "heldout_crops_64": {"n": args.crops, "seed": 1000, "steps": args.steps, "table": crops_table},
+            "heldout_photos_256": {"photos": example_names(), "steps": args.steps, "table": photos_table},
+            "steps_curve": {"task": CURVE_TASK, "kind": kind, "crops": args.curve_crops, "points": curve,
+                            "naive_psnr": naive_curve},
+            "command": "python scripts/ship_silo_tiny.py " + " ".join(sys.argv[1:]),
+            "device": "cpu", "torch_threads": __import__("torch").get_num_threads(),
+            "seconds": round(time.time() - started, 1),
+        },
+    }
+    (staging / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+    if size > MAX_BYTES:
+        raise SystemExit(f"staged weights are {size / 2**20:.1f} MB, over the {MAX_BYTES / 2**20:.0f} MB budget")
+    old = DEST.parent / ".silo-tiny.old"
+    if DEST.exists():
+        DEST.rename(old)
+    staging.rename(DEST)
+    if old.exists():
+        shutil.rmtree(old)
+    print(f"shipped {DEST} ({size / 2**20:.1f} MB)")
+    print(markdown_tables(card))
+    return 0
+
+
+def prior_summary(card: dict) -> str:
+    vae, unet = card.get("vae", {}), card.get("unet", {})
+    return (f"VAE {vae.get('parameters', 0) / 1e6:.1f} M parameters (f{vae.get('downsampling')}, "
+            f"{vae.get('latent_channels')} latent channels, {vae.get('step')} steps), UNet "
+            f"{unet.get('parameters', 0) / 1e6:.1f} M parameters ({unet.get('step')} steps)")
+
+
+def prior_metrics(card: dict) -> dict:
+    vae = card.get("vae", {})
+    return {"vae_heldout_psnr_64px": vae.get("heldout_psnr"), "vae_heldout_ssim_64px": vae.get("heldout_ssim"),
+            "unet_heldout_v_loss": card.get("unet", {}).get("heldout_loss")}
+
+
+def markdown_tables(card: dict) -> str:
+    ev = card["evaluation"]
+    lines = [f"Held-out 64x64 crops (n = {ev['heldout_crops_64']['n']}), {ev['heldout_crops_64']['steps']} steps:", "",
+             "| task | naive PSNR / SSIM | SILO cnn PSNR / SSIM / cons. PSNR | SILO readout PSNR / SSIM / cons. PSNR "
+             "| s per image (cnn, readout; batch 25) | default |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for task, t in ev["heldout_crops_64"]["table"].items():
+        n, c, r = t["naive"], t["silo[cnn]"], t["silo[readout]"]
+        lines.append(f"| {task} | {fmt(n['psnr'])} / {fmt(n['ssim'], 3)} | {fmt(c['psnr'])} / {fmt(c['ssim'], 3)} / "
+                     f"{fmt(c['consistency_psnr'])} | {fmt(r['psnr'])} / {fmt(r['ssim'], 3)} / "
+                     f"{fmt(r['consistency_psnr'])} | {fmt(c['seconds'])}, {fmt(r['seconds'])} | "
+                     f"{card['default_operator'][task]} |")
+    lines += ["", f"Held-out photos at 256x256 ({', '.join(ev['heldout_photos_256']['photos'])}), default operator:", "",
+              "| task | naive PSNR / SSIM | SILO PSNR / SSIM | s per image |", "| --- | --- | --- | --- |"]
+    for task, t in ev["heldout_photos_256"]["table"].items():
+        n = t.get("naive", {})
+        s = next((v for k, v in t.items() if k.startswith("silo")), {})
+        lines.append(f"| {task} | {fmt(n.get('psnr'))} / {fmt(n.get('ssim'), 3)} | {fmt(s.get('psnr'))} / "
+                     f"{fmt(s.get('ssim'), 3)} | {fmt(s.get('seconds'))} |")
+    return "\n".join(lines)
+
+
+def plot_curve(curve: list[dict], naive: float | None, kind: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot([p["steps"] for p in curve], [p["psnr"] for p in curve], "o-", label=f"SILO ({kind} operator)")
+    if naive is not None:
+        ax.axhline(naive, color="grey", ls="--", label="bicubic (naive)")
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"silo-tiny, {CURVE_TASK}, held-out 64x64 crops")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def make_task_grid(ship: Path, path: Path, default_operator: dict[str, str]) -> None:
+    """One held-out photo per task: reference | naive | SILO, from the 256 px runs' saved images."""
+    from PIL import Image, ImageDraw
+
+    from silo.data.photos import example_names
+
+    name = f"example-{example_names()[0]}"
+    rows = []
+    for task in TASKS:
+        kind = default_operator[task]
+        runs = ship / f"photos256-{kind}" / "runs"
+        naive = next(runs.glob(f"{name}_{task}_naive_*.png"), None)
+        silo = next(runs.glob(f"{name}_{task}_silo-{kind}_*.png"), None)
+        ref = ship / f"photos256-{kind}" / "references" / f"{name}.png"
+        if not (naive and silo):
+            continue
+        rows.append((task, [Image.open(p).convert("RGB").resize((160, 160)) for p in (ref, naive, silo)
+                            if p.is_file()]))
+    if not rows:
+        return
+    cell, label = 160, 18
+    grid = Image.new("RGB", (3 * cell, len(rows) * (cell + label) + label), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, title in enumerate(["reference", "naive (measurement)", "SILO"]):
+        draw.text((j * cell + 4, 2), title, fill="black")
+    for i, (task, images) in enumerate(rows):
+        y = label + i * (cell + label)
+        draw.text((4, y + 2), task, fill="black")
+        for j, im in enumerate(images):
+            grid.paste(im, (j * cell, y + label))
+    grid.save(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
