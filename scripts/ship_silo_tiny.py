@@ -82,17 +82,20 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("/work/silo-runs"))
     parser.add_argument("--steps", type=int, default=100, help="default sampling steps written to the prior's card")
     parser.add_argument("--crops", type=int, default=100, help="held-out 64x64 crops")
     parser.add_argument("--curve-crops", type=int, default=16, help="held-out crops for the steps curve")
     parser.add_argument("--curve-steps", default=",".join(map(str, CURVE_STEPS)), help="step counts of the curve")
-    args = parser.parse_args()
+    parser.add_argument("--dest", type=Path, default=DEST, help="the package's silo-tiny weights folder")
+    parser.add_argument("--images", type=Path, default=DOC_IMAGES, help="where the plot and the grid go")
+    args = parser.parse_args(argv)
+    dest, images = args.dest, args.images
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ship = args.runs / "ship"
-    staging = DEST.parent / ".silo-tiny.staging"
+    staging = dest.parent / f".{dest.name}.staging"
     started = time.time()
 
     op_cards = stage(args.runs, staging)
@@ -138,9 +141,9 @@ def main() -> int:
         r = table_rows(a)[(CURVE_TASK, f"silo[{kind}]")]
         curve.append({"steps": steps, "psnr": mean(r, "psnr"), "ssim": mean(r, "ssim"), "seconds": mean(r, "seconds")})
     naive_curve = crops_table[CURVE_TASK]["naive"]["psnr"]
-    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
-    plot_curve(curve, naive_curve, kind, DOC_IMAGES / "silo-tiny-steps.png")
-    make_task_grid(ship, DOC_IMAGES / "silo-tiny-tasks.png", default_operator)
+    images.mkdir(parents=True, exist_ok=True)
+    plot_curve(curve, naive_curve, kind, images / "silo-tiny-steps.png")
+    make_task_grid(ship, images / "silo-tiny-tasks.png", default_operator)
 
     card = {
         "name": "silo-tiny",
@@ -159,7 +162,7 @@ def main() -> int:
             "heldout_photos_256": {"photos": example_names(), "steps": args.steps, "table": photos_table},
             "steps_curve": {"task": CURVE_TASK, "kind": kind, "crops": args.curve_crops, "points": curve,
                             "naive_psnr": naive_curve},
-            "command": "python scripts/ship_silo_tiny.py " + " ".join(sys.argv[1:]),
+            "command": "python scripts/ship_silo_tiny.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "device": "cpu", "torch_threads": __import__("torch").get_num_threads(),
             "seconds": round(time.time() - started, 1),
         },
@@ -168,13 +171,13 @@ def main() -> int:
     size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     if size > MAX_BYTES:
         raise SystemExit(f"staged weights are {size / 2**20:.1f} MB, over the {MAX_BYTES / 2**20:.0f} MB budget")
-    old = DEST.parent / ".silo-tiny.old"
-    if DEST.exists():
-        DEST.rename(old)
-    staging.rename(DEST)
+    old = dest.parent / f".{dest.name}.old"
+    if dest.exists():
+        dest.rename(old)
+    staging.rename(dest)
     if old.exists():
         shutil.rmtree(old)
-    print(f"shipped {DEST} ({size / 2**20:.1f} MB)")
+    print(f"shipped {dest} ({size / 2**20:.1f} MB)")
     print(markdown_tables(card))
     return 0
 
