@@ -3,7 +3,7 @@
 # where it stopped.
 #   nohup nice -n 10 setsid scripts/train_silo_tiny.sh > /work/silo-runs/pipeline.out 2>&1 &
 # Environment: RUNS (default /work/silo-runs), THREADS (2), VAE_STEPS (12000), UNET_STEPS (12000),
-# OP_STEPS (operator steps, 2000), OP_CROP (64), TASKS (every shipped task but identity), KINDS (cnn readout).
+# OP_STEPS (operator steps, 1500), OP_CROP (64), TASKS (every shipped task but identity), KINDS (cnn readout).
 set -euo pipefail
 RUNS=${RUNS:-/work/silo-runs}
 THREADS=${THREADS:-2}
@@ -28,8 +28,10 @@ silo train-prior --stage unet --data "$RUNS/data" --output "$RUNS/unet" --vae "$
 echo "silo-tiny prior ready in $PRIOR"
 
 # operators: every task x kind, trained on small patches of the training photos (decoding a 4K wallpaper
-# per 64 px crop dominated a CPU step); an operator folder with model_card.json is finished
-OP_STEPS=${OP_STEPS:-2000}
+# per 64 px crop dominated a CPU step); an operator folder with model_card.json is finished.
+# OP_BATCH (8): images per step
+OP_STEPS=${OP_STEPS:-1500}
+OP_BATCH=${OP_BATCH:-8}
 OP_CROP=${OP_CROP:-64}
 TASKS=${TASKS:-"sr4 sr8 gaussian_blur motion_blur inpaint_center inpaint_random jpeg"}
 KINDS=${KINDS:-"cnn readout"}
@@ -39,7 +41,7 @@ for kind in $KINDS; do
     out=$RUNS/operators/$task-$kind
     [ -f "$out/model_card.json" ] && continue
     silo train-operator --prior "$PRIOR" --task "$task" --kind "$kind" --data "$RUNS/data/patches-128" \
-      --crop-size "$OP_CROP" --batch-size 16 --max-steps "$OP_STEPS" --output "$out" --resume-from-checkpoint latest \
+      --crop-size "$OP_CROP" --batch-size "$OP_BATCH" --max-steps "$OP_STEPS" --output "$out" --resume-from-checkpoint latest \
       --checkpoint-every 100 --validation-every 500 --num-workers 0 --cpu
   done
 done
