@@ -27,6 +27,7 @@ KINDS = ["cnn", "readout"]
 MAX_BYTES = 60 * 2**20
 CURVE_TASK = "sr4"
 CURVE_STEPS = [10, 25, 50, 100, 250, 500, 1000]
+ETAS = [0.25, 0.5, 1.0, 2.0]
 
 
 def run_silo(*args: str) -> None:
@@ -69,6 +70,35 @@ def evaluate(staging: Path, out: Path, kind: str, steps: int, extra: list[str], 
     return json.loads((out / "aggregate.json").read_text())
 
 
+def tune_eta(staging: Path, ship: Path, steps: int, crops: int, etas: list[float]) -> dict[str, dict]:
+    """SILO's step size per operator, swept on *training* crops (never the held-out photos); the best PSNR
+    is written into the staged operator's card as ``recommended_eta`` (what restore uses by default)."""
+    sweep = {}
+    for kind in KINDS:
+        a = evaluate(staging, ship / f"tune-eta-{kind}", kind, steps,
+                     ["--photos", "train", "--photo-count", str(crops), "--photo-size", "64", "--batch-size", str(crops),
+                      "--method-option", "silo.eta=" + ",".join(str(e) for e in etas)], methods="silo")
+        for task in TASKS:
+            name = f"{task}-{kind}"
+            rows = table_rows(a)
+            psnr = {e: mean(rows.get((task, f"silo[{kind}](eta={format_eta(e)})")), "psnr") for e in etas}
+            best = max(etas, key=lambda e: psnr[e] if psnr[e] is not None else float("-inf"))
+            card_path = staging / "operators" / name / "model_card.json"
+            card = json.loads(card_path.read_text())
+            card["recommended_eta"] = best
+            card["eta_sweep"] = {"photos": f"{crops} training crops, 64 px", "steps": steps,
+                                 "psnr": {str(e): psnr[e] for e in etas}}
+            card_path.write_text(json.dumps(card, indent=2) + "\n")
+            sweep[name] = {"eta": best, "psnr": psnr}
+    return sweep
+
+
+def format_eta(value: float) -> str:
+    from silo.evaluation.records import format_value
+
+    return format_value(value)
+
+
 def table_rows(aggregate: dict) -> dict[tuple[str, str], dict]:
     return {(r["task"], r["method"]): r for r in aggregate["rows"]}
 
@@ -88,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="default sampling steps written to the prior's card")
     parser.add_argument("--crops", type=int, default=100, help="held-out 64x64 crops")
     parser.add_argument("--curve-crops", type=int, default=16, help="held-out crops for the steps curve")
+    parser.add_argument("--tune-crops", type=int, default=16, help="training crops for the eta sweep")
+    parser.add_argument("--etas", default=",".join(map(str, ETAS)), help="SILO step sizes swept per operator")
     parser.add_argument("--curve-steps", default=",".join(map(str, CURVE_STEPS)), help="step counts of the curve")
     parser.add_argument("--dest", type=Path, default=DEST, help="the package's silo-tiny weights folder")
     parser.add_argument("--images", type=Path, default=DOC_IMAGES, help="where the plot and the grid go")
@@ -104,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     prior_card["default_steps"] = args.steps
     prior_card_path.write_text(json.dumps(prior_card, indent=2) + "\n")
 
+    sweep = tune_eta(staging, ship, args.steps, args.tune_crops, [float(v) for v in args.etas.split(",")])
     crops = ["--photos", "heldout", "--photo-count", str(args.crops), "--photo-size", "64", "--batch-size", "25"]
     agg = {kind: evaluate(staging, ship / f"crops-{kind}", kind, args.steps, crops,
                           methods="naive,silo" if kind == KINDS[0] else "silo") for kind in KINDS}
@@ -152,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         "prior": {"description": prior_summary(prior_card), "metrics": prior_metrics(prior_card), "card": prior_card},
         "operators": {name: {"task": c["task"], "kind": c["kind"], "steps": c["steps"],
                              "final_validation_loss": c.get("final_validation_loss"),
+                             "recommended_eta": sweep[name]["eta"],
                              "summary": f"{c['kind']} for {c['task']}, {c['steps']} steps, validation loss "
-                                        f"{fmt(c.get('final_validation_loss'), 4)}"}
+                                        f"{fmt(c.get('final_validation_loss'), 4)}, eta {sweep[name]['eta']}"}
                       for name, c in op_cards.items()},
         "default_operator": default_operator,
         "default_steps": args.steps,

@@ -62,7 +62,8 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     dest, images = tmp_path / "pkg" / "silo-tiny", tmp_path / "images"
     torch.set_num_threads(1)
     assert ship.main(["--runs", str(runs), "--dest", str(dest), "--images", str(images), "--steps", "2",
-                      "--crops", "2", "--curve-crops", "1", "--curve-steps", "1,2"]) == 0
+                      "--crops", "2", "--curve-crops", "1", "--curve-steps", "1,2", "--tune-crops", "2",
+                      "--etas", "0.5,1"]) == 0
     card = json.loads((dest / "model_card.json").read_text())
     assert set(card["default_operator"]) == set(ship.TASKS)
     assert set(card["default_operator"].values()) <= set(ship.KINDS)
@@ -77,7 +78,13 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     from safetensors.torch import load_file
 
     assert all(t.dtype == torch.float16 for t in load_file(str(weights)).values())
-    assert "first_batch_per_process" not in json.loads((dest / "operators" / "sr4-cnn" / "model_card.json").read_text())
+    op_card = json.loads((dest / "operators" / "sr4-cnn" / "model_card.json").read_text())
+    assert "first_batch_per_process" not in op_card
+    # eta: the best of the sweep on training crops, then used by the held-out evaluation
+    sweep = {float(k): v for k, v in op_card["eta_sweep"]["psnr"].items()}
+    assert set(sweep) == {0.5, 1.0} and sweep[op_card["recommended_eta"]] == max(sweep.values())
+    heldout_log = json.loads(next((runs / "ship" / "crops-cnn" / "runs").glob("*_sr4_silo-cnn_*.json")).read_text())
+    assert heldout_log["settings"]["eta"] == op_card["recommended_eta"]
     assert "| sr4 |" in capsys.readouterr().out
     assert json.loads((dest / "prior" / "silo_prior.json").read_text())["default_steps"] == 2
 
@@ -92,3 +99,8 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
                  "--no-progress"]) == 0
     log = json.loads(next(out.glob("*.json")).read_text())
     assert log["settings"]["steps"] == 2 and log["metrics"]["psnr"] > 0
+    chosen = json.loads((silo.models.default_operator_path("sr4") / "model_card.json").read_text())
+    assert log["settings"]["eta"] == chosen["recommended_eta"]  # the operator card's step size by default
+    assert main(["restore", "--simulate", "--example", "astronaut", "--task", "sr4", "--output-dir", str(out / "e"),
+                 "--no-progress", "--eta", "0.125", "--steps", "1"]) == 0
+    assert json.loads(next((out / "e").glob("*.json")).read_text())["settings"]["eta"] == 0.125

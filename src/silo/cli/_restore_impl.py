@@ -142,10 +142,27 @@ def _default_steps(prior_source) -> int:
     return 999
 
 
-def _settings(args: argparse.Namespace, task: Task, preset, prior_source):
+def _operator_eta(operator_source) -> float | None:
+    """The step size recorded in an operator folder's model card (``recommended_eta``), if any."""
+    card = Path(str(operator_source)) / "model_card.json" if operator_source is not None else None
+    if card is None or not card.is_file():
+        return None
+    try:
+        value = json.loads(card.read_text()).get("recommended_eta")
+    except (ValueError, json.JSONDecodeError):
+        raise SiloError(f"{card}: not valid JSON") from None
+    return float(value) if value is not None else None
+
+
+def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operator_source=None):
+    """Sampling settings; SILO's step size: --eta, else the preset's, else the operator card's, else the task's."""
     from silo.samplers import SamplerSettings
 
-    eta = args.eta if args.eta is not None else (preset.eta if preset else task.sampling.get("eta", 0.5))
+    eta = args.eta
+    if eta is None:
+        eta = preset.eta if preset else _operator_eta(operator_source)
+    if eta is None:
+        eta = task.sampling.get("eta", 0.5)
     clamp = args.clamp_measurement
     if clamp is None:
         clamp = preset.clamp if preset else bool(task.sampling.get("clamp_measurement", False))
@@ -286,7 +303,7 @@ def restore_command(args: argparse.Namespace) -> int:
         raise SiloError(f"--output-dir {out_dir} exists and is not a folder")
     device = resolve_device(args.device)
     prior, prior_source, operator, operator_source = _load_models(args, task, preset, device)
-    settings = _settings(args, task, preset, prior_source)
+    settings = _settings(args, task, preset, prior_source, operator_source if args.method == "silo" else None)
     if not prior.is_conditional and (settings.prompt or settings.guidance_scale != 1.0):
         print("silo restore: note: the prior is unconditional; --prompt and --guidance-scale have no effect", file=sys.stderr)
     seed = args.seed if not preset or args.seed != 1000 else preset.seed

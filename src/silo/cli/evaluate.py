@@ -17,8 +17,8 @@ result; the main process aggregates after all have finished (OUTPUT must be shar
 
 Method options: `--method-option ldps.zeta=0.5,1,2` sets (and sweeps) a method's step size; without a
 METHOD. prefix it applies to every chosen method that takes it. Options: silo: eta (else --eta, else the
-task's); silo_x0: step; ldps: zeta; psld: zeta, gamma. Defaults are provisional until tuned on
-silo-tiny's training photos (`--photos train`), see docs/evaluation.md."""
+operator card's recommended_eta, else the task's); silo_x0: step; ldps: zeta; psld: zeta, gamma. Defaults
+are provisional until tuned on silo-tiny's training photos (`--photos train`), see docs/evaluation.md."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     smp = p.add_argument_group("sampling (shared by all methods)")
     smp.add_argument("--steps", type=int, help="diffusion steps [default: the prior's card, else 999]")
     smp.add_argument("--scheduler", choices=["ddpm", "ddim"], default="ddpm", help="sampling scheduler")
-    smp.add_argument("--eta", type=float, help="SILO's guidance step size [default: the task's]")
+    smp.add_argument("--eta", type=float, help="SILO's guidance step size [default: the operator card's "
+                     "recommended_eta, else the task's]")
     smp.add_argument("--ddim-eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic); --scheduler ddim only")
     smp.add_argument("--grad-clamp", type=float, default=1.0, help="SILO/silo_x0 gradient clamp; 0 disables")
     smp.add_argument("--clamp-measurement", action=argparse.BooleanOptionalAction, default=None,

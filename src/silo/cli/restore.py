@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     smp = p.add_argument_group("sampling")
     smp.add_argument("--steps", type=int, help="diffusion steps [default: the prior's card, else 999]")
     smp.add_argument("--scheduler", choices=["ddpm", "ddim"], default="ddpm", help="sampling scheduler")
-    smp.add_argument("--eta", type=float, help="guidance step size [default: the task's]")
+    smp.add_argument("--eta", type=float, help="guidance step size [default: the preset's, else the operator card's "
+                     "recommended_eta, else the task's]")
     smp.add_argument("--ddim-eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic DDIM); --scheduler ddim only")
     smp.add_argument("--grad-clamp", type=float, default=1.0, help="clamp the guidance gradient to [-c, c]; 0 disables")
     smp.add_argument("--clamp-measurement", action=argparse.BooleanOptionalAction, default=None,

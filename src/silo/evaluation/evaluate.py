@@ -226,7 +226,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
             operator_logs[task.name] = {
                 "source": str(source), "kind": getattr(op, "kind", type(op).__name__),
                 "config": {k: v for k, v in dict(op.config).items() if not k.startswith("_")}}
-    settings = {task.name: _settings(args, task, None, prior_source) for task in tasks}
+    settings = {task.name: _settings(args, task, None, prior_source, (operator_logs.get(task.name) or {}).get("source"))
+                for task in tasks}
 
     jobs, refused = plan_jobs(items, tasks, configs, seeds, operators)
     if main:
