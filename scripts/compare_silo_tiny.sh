@@ -5,14 +5,14 @@
 #   scripts/compare_silo_tiny.sh tune      # -> $OUT/tuning/aggregate.md: pick the best value per method
 #   scripts/compare_silo_tiny.sh compare   # -> $OUT/heldout/aggregate.{md,csv,json} and plots/
 # Resumable (silo evaluate skips finished results). Environment: RUNS (/work/silo-runs), OUT ($RUNS/compare),
-# STEPS (100), TUNE_TASKS, TASKS, CROPS (32 held-out crops).
+# STEPS (100), TUNE_TASKS, EVAL_TASKS (comma-separated), CROPS (32 held-out crops).
 set -euo pipefail
 RUNS=${RUNS:-/work/silo-runs}
 OUT=${OUT:-$RUNS/compare}
 STEPS=${STEPS:-100}
 CROPS=${CROPS:-32}
 TUNE_TASKS=${TUNE_TASKS:-sr4,gaussian_blur,inpaint_center,jpeg}
-TASKS=${TASKS:-sr4,sr8,gaussian_blur,motion_blur,inpaint_center,inpaint_random,jpeg}
+EVAL_TASKS=${EVAL_TASKS:-sr4,sr8,gaussian_blur,motion_blur,inpaint_center,inpaint_random,jpeg}
 export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 
 case "${1:-}" in
@@ -26,7 +26,7 @@ case "${1:-}" in
     # SILO with each task's shipped default operator, the baselines (no operator) and the naive estimate;
     # then both SILO variants with the CNN operator (x0-space SILO needs an operator on z0), into the same
     # folder: the table aggregates every log there
-    common=(--photos heldout --photo-count "$CROPS" --photo-size 64 --batch-size "$CROPS" --tasks "$TASKS"
+    common=(--photos heldout --photo-count "$CROPS" --photo-size 64 --batch-size "$CROPS" --tasks "$EVAL_TASKS"
             --steps "$STEPS" --no-progress --save image --output-dir "$OUT/heldout")
     silo evaluate "${common[@]}" --methods naive,silo,ldps,psld
     silo evaluate "${common[@]}" --methods silo,silo_x0 --operator-kind cnn

@@ -4,8 +4,9 @@ held-out photos, choose each task's operator kind, and write the model card, plo
 
     python scripts/ship_silo_tiny.py --runs /work/silo-runs
 
-Measurements are `silo evaluate` runs under RUNS/ship/ (resumable: finished results are skipped), so an
-interrupted run picks up where it stopped. The package's weights folder is replaced only at the end,
+Measurements are `silo evaluate` runs under RUNS/ship/<key>/, where the key hashes the staged weights and
+the measuring options (resumable: finished results are skipped, and results of other weights or settings
+are never reused), so an interrupted run picks up where it stopped. The package's weights folder is replaced only at the end,
 from a complete staging copy. Every number written is one this script measured.
 """
 
@@ -60,6 +61,18 @@ def stage(runs: Path, staging: Path) -> dict:
             (staging / "operators" / name / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
             cards[name] = card
     return cards
+
+
+def run_key(staging: Path, args: argparse.Namespace) -> str:
+    """A short hash of the staged weights and every option that changes a measurement."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in staging.rglob("*.safetensors")):
+        h.update(path.relative_to(staging).as_posix().encode())
+        h.update(path.read_bytes())
+    h.update(json.dumps([args.steps, args.crops, args.curve_crops, args.curve_steps, args.tune_crops, args.etas]).encode())
+    return h.hexdigest()[:12]
 
 
 def evaluate(staging: Path, out: Path, kind: str, steps: int, extra: list[str], methods: str = "naive,silo",
@@ -126,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dest, images = args.dest, args.images
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ship = args.runs / "ship"
     staging = dest.parent / f".{dest.name}.staging"
     started = time.time()
 
     op_cards = stage(args.runs, staging)
+    size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+    if size > MAX_BYTES:  # before hours of measuring
+        raise SystemExit(f"staged weights are {size / 2**20:.1f} MB, over the {MAX_BYTES / 2**20:.0f} MB budget")
+    ship = args.runs / "ship" / run_key(staging, args)
     prior_card_path = staging / "prior" / "silo_prior.json"
     prior_card = json.loads(prior_card_path.read_text())
     prior_card["default_steps"] = args.steps
@@ -202,10 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     (staging / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-    if size > MAX_BYTES:
-        raise SystemExit(f"staged weights are {size / 2**20:.1f} MB, over the {MAX_BYTES / 2**20:.0f} MB budget")
     old = dest.parent / f".{dest.name}.old"
+    if old.exists():  # left by a crash between the two renames below
+        shutil.rmtree(old)
     if dest.exists():
         dest.rename(old)
     staging.rename(dest)
@@ -285,10 +300,9 @@ def make_task_grid(ship: Path, path: Path, default_operator: dict[str, str]) -> 
         naive = next(runs.glob(f"{name}_{task}_naive_*.png"), None)
         silo = next(runs.glob(f"{name}_{task}_silo-{kind}_*.png"), None)
         ref = ship / f"photos256-{kind}" / "references" / f"{name}.png"
-        if not (naive and silo):
+        if not (naive and silo and ref.is_file()):
             continue
-        rows.append((task, [Image.open(p).convert("RGB").resize((160, 160)) for p in (ref, naive, silo)
-                            if p.is_file()]))
+        rows.append((task, [Image.open(p).convert("RGB").resize((160, 160)) for p in (ref, naive, silo)]))
     if not rows:
         return
     cell, label = 160, 18

@@ -61,7 +61,7 @@ def test_patches_are_deterministic_training_crops_and_refuse_other_settings(tmp_
     (folder / "000002.png").unlink()  # an interrupted run: the missing patch is redrawn identically
     photos.write_patches(out, 6, size=32, seed=3, progress=False)
     assert np.array_equal(np.asarray(Image.open(folder / "000002.png")), first[2])
-    with pytest.raises(SiloError, match="patches made with"):
+    with pytest.raises(SiloError, match="seed 3 \\(asked 4\\)"):
         photos.write_patches(out, 6, size=32, seed=4, progress=False)
 
 

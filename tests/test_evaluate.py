@@ -213,15 +213,21 @@ def test_naive_estimate_is_the_measurement_at_image_size(setup, tmp_path):
 
     prior = Prior.from_pretrained(str(setup / "prior"))
     x = random_images(2, (SIZE, SIZE), seed=5)
-    for name in ("sr4", "inpaint_center"):
+    from silo.degradations.resize import imresize
+
+    for name in ("sr4", "gaussian_blur", "inpaint_center"):
         task = load_task(name)
         res = restore(prior, task, SamplerSettings(steps=3), [1, 2], reference=x, method="naive")
         assert res.steps == 0 and res.output.shape == x.shape
-        mask = task.degradation.mask(res.params)
-        expected = task.degradation.to_image_size(res.measurement).clamp(-1, 1)
-        assert torch.equal(res.output, expected if mask is None else expected * mask)
-        if name == "inpaint_center":  # the hole stays empty: nothing but the measurement is used
-            assert torch.all(res.output * (1 - mask) == 0) and not torch.allclose(res.output, x)
+        y = res.measurement
+        if name == "sr4":  # MATLAB-bicubic up-sampling of the 8x8 measurement
+            assert y.shape[-1] == SIZE // 4
+            assert torch.allclose(res.output, imresize(y, (SIZE, SIZE)).clamp(-1, 1))
+        elif name == "gaussian_blur":  # the blurred image itself
+            assert torch.equal(res.output, y.clamp(-1, 1))
+        else:  # the masked image: zeros in the hole, the noisy measurement elsewhere
+            mask = task.degradation.mask(res.params)
+            assert torch.all(res.output * (1 - mask) == 0) and torch.equal(res.output * mask, y.clamp(-1, 1) * mask)
     args = argv(setup, tmp_path)
     args[args.index("--methods") + 1] = "naive,silo"
     assert main(args) == 0

@@ -12,6 +12,7 @@ from PIL import Image
 from silo.cli import main
 from silo.degradations import list_tasks
 from silo.testing import random_images, tiny_prior
+from silo.errors import SiloError
 
 SIZE = 64  # blur tasks use 61x61 kernels with reflection padding: images need more than 30 px a side
 
@@ -311,3 +312,31 @@ def test_peer_methods_with_options_through_restore(models, photos, tmp_path, cap
     rc = run(models, str(photos / "photo0.png"), "--simulate", "--method", "ldps", "--method-option", "gamma=1",
              "--output-dir", str(tmp_path / "p"), operator=None)
     assert rc == 2 and "no selected method takes 'gamma'" in capsys.readouterr().err
+
+
+def test_eta_precedence_flag_then_preset_then_operator_card_then_task(tmp_path):
+    from silo.cli import build_parser
+    from silo.cli._restore_impl import _settings
+    from silo.degradations.tasks import load_task
+    from silo.presets import get_preset
+
+    task = load_task("sr4")  # the task's own eta is 0.5
+    card_dir = tmp_path / "op"
+    card_dir.mkdir()
+    (card_dir / "model_card.json").write_text(json.dumps({"recommended_eta": 0.7}))
+    from silo.presets import PRESETS
+
+    preset = get_preset(next(iter(PRESETS)))
+
+    def eta(argv, preset=None, operator=None):
+        args = build_parser().parse_args(["restore", "x.png", *argv])
+        return _settings(args, task, preset, tmp_path, operator).eta
+
+    assert eta([]) == task.sampling["eta"] == 0.5
+    assert eta([], operator=card_dir) == 0.7
+    assert eta([], operator=tmp_path / "published.pt") == 0.5  # a .pt file has no card
+    assert eta([], preset=preset, operator=card_dir) == preset.eta
+    assert eta(["--eta", "0.125"], preset=preset, operator=card_dir) == 0.125
+    (card_dir / "model_card.json").write_text(json.dumps({"recommended_eta": "fast"}))
+    with pytest.raises(SiloError, match="recommended_eta must be a number"):
+        eta([], operator=card_dir)

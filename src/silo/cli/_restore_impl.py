@@ -149,9 +149,9 @@ def _operator_eta(operator_source) -> float | None:
         return None
     try:
         value = json.loads(card.read_text()).get("recommended_eta")
-    except (ValueError, json.JSONDecodeError):
-        raise SiloError(f"{card}: not valid JSON") from None
-    return float(value) if value is not None else None
+        return float(value) if value is not None else None
+    except (ValueError, TypeError, AttributeError):  # not JSON, not an object, not a number
+        raise SiloError(f"{card}: recommended_eta must be a number in a JSON object") from None
 
 
 def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operator_source=None):

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cmp = p.add_argument_group("what to compare")
     cmp.add_argument("--tasks", default="sr4", help="comma-separated task names or .yaml files (see `silo tasks`)")
     cmp.add_argument("--methods", default="silo,silo_x0,ldps,psld", help="comma-separated samplers, and naive: the measurement alone (bicubic up-sampling for SR, the "
-                     "degraded image otherwise), the line to beat")
+                     "masked image for inpainting, the degraded image otherwise), the line to beat")
     cmp.add_argument("--seeds", default="1000", help="comma-separated sampling seeds")
     cmp.add_argument("--method-option", action="append", default=[], metavar="[METHOD.]NAME=V[,V...]",
                      help="a method's step size; several values sweep it; repeatable")

@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="which shipped operator, or the format of a published .pt file")
     mdl.add_argument("--method", default="silo",
                      help="sampler: silo, silo_x0 (one UNet forward per step), ldps (Latent-DPS), psld; or naive "
-                     "(the measurement alone: bicubic up-sampling for SR, the degraded image otherwise)")
+                     "(the measurement alone: bicubic up-sampling for SR, the masked image for inpainting, the degraded "
+                     "image otherwise)")
     mdl.add_argument("--method-option", action="append", default=[], metavar="NAME=VALUE",
                      help="a step size of the method, e.g. zeta=0.5 for ldps (see docs/evaluation.md); repeatable")
 

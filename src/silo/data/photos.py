@@ -307,9 +307,17 @@ def write_patches(data_dir: str | os.PathLike, n: int, size: int = 128, seed: in
     if record.is_file():
         old = json.loads(record.read_text())
         if old != info:
-            raise SiloError(f"{out} holds patches made with {old}, not {info}: remove it or pick another --patch-size")
-    sampler = CropSampler(load_training_images(data_dir), size, seed=seed, flip=False)
+            differ = ", ".join(f"{k} {old.get(k)} (asked {v})" for k, v in info.items() if old.get(k) != v)
+            raise SiloError(f"{out} holds patches made with other settings: {differ}; remove the folder to recut")
+    try:
+        sampler = CropSampler(load_training_images(data_dir), size, seed=seed, flip=False)
+    except ValueError as err:
+        raise SiloError(f"--patch-size {size}: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
+    # the record comes first, so an interrupted run resumed with other settings is refused, not mixed in
+    tmp = out / ".patches.json.tmp"
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, record)
     for i in tqdm(range(n), desc="patches", unit="patch", disable=not progress):
         crop = sampler.sample(1)[0]  # 3 x size x size in [-1, 1], drawn even when the file exists (same order)
         path = out / f"{i:06d}.png"
@@ -319,7 +327,4 @@ def write_patches(data_dir: str | os.PathLike, n: int, size: int = 128, seed: in
         tmp = out / f".{i:06d}.png.tmp"
         Image.fromarray(pixels).save(tmp, format="PNG")
         os.replace(tmp, path)
-    tmp = out / ".patches.json.tmp"
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, record)
     return out

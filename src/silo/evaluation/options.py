@@ -36,7 +36,7 @@ def method_options(method: str) -> dict[str, Any]:
     params = inspect.signature(SAMPLERS[method]).parameters.values()
     options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
     if method == "silo":
-        options["eta"] = None  # SamplerSettings.eta: the task's default
+        options["eta"] = None  # SamplerSettings.eta: --eta, else the operator card's, else the task's
     return options
 
 
