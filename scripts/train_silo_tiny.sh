@@ -2,13 +2,13 @@
 # Build data, train and export the silo-tiny prior, then its operators; idempotent: rerun it to resume
 # where it stopped.
 #   nohup nice -n 10 setsid scripts/train_silo_tiny.sh > /work/silo-runs/pipeline.out 2>&1 &
-# Environment: RUNS (default /work/silo-runs), THREADS (2), VAE_STEPS (12000), UNET_STEPS (12000),
+# Environment: RUNS (default /work/silo-runs), THREADS (2), VAE_STEPS (12000), UNET_STEPS (8000),
 # OP_STEPS (operator steps, 1500), OP_CROP (64), TASKS (every shipped task but identity), KINDS (cnn readout).
 set -euo pipefail
 RUNS=${RUNS:-/work/silo-runs}
 THREADS=${THREADS:-2}
 VAE_STEPS=${VAE_STEPS:-12000}
-UNET_STEPS=${UNET_STEPS:-12000}
+UNET_STEPS=${UNET_STEPS:-8000}
 PRIOR=$RUNS/prior
 # PASSIVE: idle OpenMP threads sleep instead of spinning; on a shared, oversubscribed CPU spinning
 # made each step 3-5x slower (measured: 9.4 s vs 2.0 s per VAE step under load 7.5 on 2 cores)
