@@ -3,7 +3,7 @@
 # where it stopped.
 #   nohup nice -n 10 setsid scripts/train_silo_tiny.sh > /work/silo-runs/pipeline.out 2>&1 &
 # Environment: RUNS (default /work/silo-runs), THREADS (2), VAE_STEPS (12000), UNET_STEPS (8000),
-# OP_STEPS (operator steps, 1500), OP_CROP (64), TASKS (every shipped task but identity), KINDS (cnn readout).
+# OP_STEPS (operator steps, 1000), OP_CROP (64), TASKS (every shipped task but identity), KINDS (cnn readout).
 set -euo pipefail
 RUNS=${RUNS:-/work/silo-runs}
 THREADS=${THREADS:-2}
@@ -30,7 +30,7 @@ echo "silo-tiny prior ready in $PRIOR"
 # operators: every task x kind, trained on small patches of the training photos (decoding a 4K wallpaper
 # per 64 px crop dominated a CPU step); an operator folder with model_card.json is finished.
 # OP_BATCH (8): images per step
-OP_STEPS=${OP_STEPS:-1500}
+OP_STEPS=${OP_STEPS:-1000}
 OP_BATCH=${OP_BATCH:-8}
 OP_CROP=${OP_CROP:-64}
 TASKS=${TASKS:-"sr4 sr8 gaussian_blur motion_blur inpaint_center inpaint_random jpeg"}
