@@ -235,3 +235,4 @@ def test_naive_estimate_is_the_measurement_at_image_size(setup, tmp_path):
     assert {m for _, m in table} == {"naive", "silo[cnn]"}
     log = json.loads(next((tmp_path / "runs").glob("img0_sr4_naive_*.json")).read_text())
     assert log["metrics"]["seconds_per_step"] is None and log["metrics"]["psnr"] > 5
+    assert log["settings"]["steps"] == 0 and log["settings"]["eta"] is None  # it samples nothing

@@ -32,6 +32,14 @@ def method_names() -> list[str]:
     return [*SAMPLERS, NAIVE]
 
 
+def logged_settings(method: str, settings: SamplerSettings) -> dict:
+    """The settings a log records: the naive estimate samples nothing, so it records no steps or step size."""
+    values = settings.to_dict()
+    if method == NAIVE:
+        values.update(steps=0, eta=None)
+    return values
+
+
 @dataclass
 class Restoration:
     output: Tensor  # B x 3 x H x W in [-1, 1]

@@ -268,11 +268,9 @@ def restore_command(args: argparse.Namespace) -> int:
     from silo.io.grid import make_grid
     from silo.io.outputs import json_bytes, png_bytes, write_group
     from silo.io.images import tensor_to_pil
-    from silo.pipeline import restore
-    from silo.presets import get_preset
-
     from silo.evaluation.options import parse_method_options
-    from silo.pipeline import method_names
+    from silo.pipeline import NAIVE, logged_settings, method_names, restore
+    from silo.presets import get_preset
 
     preset = get_preset(args.preset) if args.preset else None
     if args.method not in method_names():
@@ -349,7 +347,7 @@ def restore_command(args: argparse.Namespace) -> int:
             "source": str(operator_source), "kind": getattr(operator, "kind", type(operator).__name__),
             "config": {k: v for k, v in dict(operator.config).items() if not k.startswith("_")},
         },
-        "settings": settings.to_dict(),
+        "settings": logged_settings(args.method, settings),
         "seed": seed,
         "device": device_name(device),
         "versions": library_versions(),
@@ -412,7 +410,8 @@ def restore_command(args: argparse.Namespace) -> int:
             if args.save in ("image", "both"):
                 files[job.paths["image"]] = png_bytes(tensor_to_pil(out))
             if args.save in ("grid", "both"):
-                lines = [f"{task.name} | {args.method} | {settings.steps} steps | eta {settings.eta} | seed {seed}", line]
+                run = "no sampling" if args.method == NAIVE else f"{settings.steps} steps | eta {settings.eta}"
+                lines = [f"{task.name} | {args.method} | {run} | seed {seed}", line]
                 files[job.paths["grid"]] = png_bytes(make_grid(panels, lines))
             files[job.paths["log"]] = json_bytes(_clean(log))  # the log last: its presence marks the result done
             try:

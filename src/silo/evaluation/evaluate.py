@@ -87,7 +87,7 @@ def run_batch(jobs: list[EvalJob], prepared: list, ctx: dict[str, Any]) -> list[
     from silo.io.grid import make_grid
     from silo.io.images import tensor_to_pil
     from silo.io.outputs import json_bytes, png_bytes, write_group
-    from silo.pipeline import restore
+    from silo.pipeline import NAIVE, logged_settings, restore
 
     first = jobs[0]
     task, config, seed, device = first.task, first.config, first.seed, ctx["device"]
@@ -128,7 +128,7 @@ def run_batch(jobs: list[EvalJob], prepared: list, ctx: dict[str, Any]) -> list[
             "method_label": job.label,
             "method_options": effective,
             "operator": ctx["operator_logs"].get(task.name) if operator is not None else None,
-            "settings": settings.to_dict(),
+            "settings": logged_settings(config.method, settings),
             "seed": seed,
             "input": job.item.source,
             "name": job.item.name,
@@ -146,7 +146,8 @@ def run_batch(jobs: list[EvalJob], prepared: list, ctx: dict[str, Any]) -> list[
             files[prep.paths["image"]] = png_bytes(tensor_to_pil(out))
         if ctx["save"] in ("grid", "both"):
             panels = [("x", ref), ("A(x)+n", res.measurement[i : i + 1].cpu()), ("output", out), ("A(output)", a_out)]
-            lines = [f"{task.name} | {job.label} | {settings.steps} steps | seed {seed}",
+            run = "no sampling" if config.method == NAIVE else f"{settings.steps} steps"
+            lines = [f"{task.name} | {job.label} | {run} | seed {seed}",
                      f"psnr {metrics['psnr']:.2f} | ssim {metrics['ssim']:.3f}"]
             files[prep.paths["grid"]] = png_bytes(make_grid(panels, lines))
         files[prep.paths["log"]] = json_bytes(_clean(log))  # the log last: its presence marks the result done
