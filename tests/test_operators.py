@@ -259,3 +259,20 @@ def test_load_operator_device_and_dtype(tmp_path):
     op = load_operator(tmp_path / "op", device="cpu", dtype=torch.float64)
     assert op.dtype == torch.float64 and op.pos_embedding.positional_embedding.dtype == torch.float64
     assert call(op.float(), 8, 8).dtype == torch.float32
+
+
+def test_residual_cnn_adds_its_input():
+    """``residual=True`` predicts ``z0 + net(z0)`` with the same parameters, and the flag survives a save."""
+    plain, residual = make("cnn"), CNNOperator(embedding_dim=EMB, residual=True).eval()
+    residual.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(3)
+    z, emb = torch.randn(2, 4, 12, 16, generator=g), torch.randn(2, EMB, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(residual(z, emb), z + plain(z, emb))
+    assert CNNOperator().config.residual is False, "the published layout stays the default"
+
+
+def test_residual_flag_round_trips(tmp_path):
+    op = CNNOperator(embedding_dim=EMB, residual=True)
+    op.save_pretrained(str(tmp_path / "op"))
+    assert load_operator(tmp_path / "op").config.residual is True

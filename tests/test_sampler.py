@@ -178,3 +178,49 @@ def test_pad_samples_at_a_valid_size_and_crops_back(tiny_prior, operator):
                   pad=True, callback=lambda info: sizes.append(tuple(info["z"].shape[-2:])))
     assert res.output.shape[-2:] == (28, 36) and res.a_output.shape[-2:] == (7, 9)
     assert sizes[0] == (8, 10), "sampled at 32x40 (latent 8x10), the padded size"
+
+
+@pytest.mark.parametrize("method", ["silo", "silo_x0", "ldps"])
+def test_warm_start_runs_the_last_part_of_the_schedule(tiny_prior, operator, method):
+    """start_strength < 1 runs only the last round(strength * steps) timesteps, from the noised measurement."""
+    from silo.pipeline import steps_run
+
+    x = random_images(1, (32, 32), seed=9)
+    task = load_task("sr4")
+    seen = []
+    settings = SamplerSettings(steps=10, eta=0.5, start_strength=0.3)
+    res = restore(tiny_prior, task, settings, [5], reference=x, method=method, show_progress=False,
+                  operator=operator if method.startswith("silo") else None,
+                  callback=lambda info: seen.append(int(info["t"])))
+    full = SamplerSettings(steps=10)
+    from silo.samplers.common import make_scheduler
+
+    timesteps = [int(t) for t in make_scheduler(tiny_prior, full).timesteps]
+    assert seen == timesteps[-3:] and res.steps == steps_run(settings) == 3
+    cold = restore(tiny_prior, task, SamplerSettings(steps=10, eta=0.5), [5], reference=x, method=method,
+                   operator=operator if method.startswith("silo") else None, show_progress=False)
+    assert cold.steps == 10 and not torch.allclose(cold.output, res.output)
+
+
+def test_warm_start_keeps_the_measurement_where_the_noise_is_small(tiny_prior):
+    """A warm start from a barely noised measurement ends nearer the measurement than a cold start."""
+    x = random_images(2, (32, 32), seed=10)
+    task = load_task("identity")
+    ends = {}
+    for strength in (0.05, 1.0):
+        seen = []
+        settings = SamplerSettings(steps=40, eta=0.0, start_strength=strength, scheduler="ddim")
+        restore(tiny_prior, task, settings, [1, 2], reference=x, operator=LatentConv().eval(), show_progress=False,
+                callback=lambda info: seen.append(info["z"]))
+        with torch.no_grad():
+            w = tiny_prior.encode(x, sample=False)
+        ends[strength] = (seen[-1] - w).flatten(1).norm(dim=1).mean().item()
+    assert ends[0.05] < ends[1.0]
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.1, 1.5])
+def test_bad_start_strength_is_a_clear_error(tiny_prior, operator, strength):
+    x = random_images(1, (32, 32), seed=11)
+    with pytest.raises(SiloError, match="start_strength"):
+        restore(tiny_prior, load_task("sr4"), SamplerSettings(steps=4, start_strength=strength), [1], reference=x,
+                operator=operator, show_progress=False)

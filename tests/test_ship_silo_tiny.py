@@ -63,7 +63,7 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     torch.set_num_threads(1)
     assert ship.main(["--runs", str(runs), "--dest", str(dest), "--images", str(images), "--steps", "2",
                       "--crops", "2", "--curve-crops", "1", "--curve-steps", "1,2", "--tune-crops", "2",
-                      "--etas", "0.3,0.7"]) == 0
+                      "--etas", "0.3,0.7", "--strengths", "0.5,1"]) == 0
     card = json.loads((dest / "model_card.json").read_text())
     assert set(card["default_operator"]) == set(ship.TASKS)
     assert set(card["default_operator"].values()) <= set(ship.KINDS)
@@ -80,11 +80,15 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     assert all(t.dtype == torch.float16 for t in load_file(str(weights)).values())
     op_card = json.loads((dest / "operators" / "sr4-cnn" / "model_card.json").read_text())
     assert "first_batch_per_process" not in op_card
-    # eta: the best of the sweep on training crops, then used by the held-out evaluation
-    sweep = {float(k): v for k, v in op_card["eta_sweep"]["psnr"].items()}
-    assert set(sweep) == {0.3, 0.7} and sweep[op_card["recommended_eta"]] == max(sweep.values())
+    # eta and warm start: the best of the sweep on training crops, then used by the held-out evaluation
+    sweep = op_card["eta_sweep"]["psnr"]
+    assert len(sweep) == 4
+    best = f"start_strength={op_card['recommended_start_strength']:g},eta={op_card['recommended_eta']:g}"
+    assert sweep[best] == max(sweep.values())
     heldout_log = json.loads(next((runs / "ship").glob("*/crops-cnn/runs/*_sr4_silo-cnn_*.json")).read_text())
     assert heldout_log["settings"]["eta"] == op_card["recommended_eta"]
+    assert heldout_log["settings"]["start_strength"] == op_card["recommended_start_strength"]
+    assert heldout_log["settings"]["scheduler"] == "ddim"
     assert "| sr4 |" in capsys.readouterr().out
     assert json.loads((dest / "prior" / "silo_prior.json").read_text())["default_steps"] == 2
 
@@ -101,6 +105,8 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     assert log["settings"]["steps"] == 2 and log["metrics"]["psnr"] > 0
     chosen = json.loads((silo.models.default_operator_path("sr4") / "model_card.json").read_text())
     assert log["settings"]["eta"] == chosen["recommended_eta"]  # the operator card's step size by default
+    assert log["settings"]["start_strength"] == chosen["recommended_start_strength"]
+    assert log["settings"]["scheduler"] == "ddim"  # the prior card's default scheduler
     assert main(["restore", "--simulate", "--example", "astronaut", "--task", "sr4", "--output-dir", str(out / "e"),
                  "--no-progress", "--eta", "0.125", "--steps", "1"]) == 0
     assert json.loads(next((out / "e").glob("*.json")).read_text())["settings"]["eta"] == 0.125

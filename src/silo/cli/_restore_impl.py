@@ -132,30 +132,45 @@ def _load_models(args: argparse.Namespace, task: Task, preset, device: torch.dev
     return prior, prior_source, operator, operator_source
 
 
-def _default_steps(prior_source) -> int:
+def _prior_card(prior_source) -> dict:
+    """The prior folder's ``silo_prior.json`` (its sampling defaults), or ``{}``."""
     card = Path(str(prior_source)) / "silo_prior.json"
-    if card.is_file():
-        try:
-            return int(json.loads(card.read_text()).get("default_steps", 999))
-        except (ValueError, json.JSONDecodeError):
-            pass
-    return 999
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text())
+    except json.JSONDecodeError:
+        raise SiloError(f"{card}: not valid JSON") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _default_steps(prior_source) -> int:
+    try:
+        return int(_prior_card(prior_source).get("default_steps", 999))
+    except (TypeError, ValueError):
+        raise SiloError(f"{prior_source}/silo_prior.json: default_steps must be an integer") from None
 
 
 def _operator_eta(operator_source) -> float | None:
     """The step size recorded in an operator folder's model card (``recommended_eta``), if any."""
+    return _operator_card_number(operator_source, "recommended_eta")
+
+
+def _operator_card_number(operator_source, key: str) -> float | None:
+    """A number recorded in an operator folder's model card (``recommended_eta``, ...), if any."""
     card = Path(str(operator_source)) / "model_card.json" if operator_source is not None else None
     if card is None or not card.is_file():
         return None
     try:
-        value = json.loads(card.read_text()).get("recommended_eta")
+        value = json.loads(card.read_text()).get(key)
         return float(value) if value is not None else None
     except (ValueError, TypeError, AttributeError):  # not JSON, not an object, not a number
-        raise SiloError(f"{card}: recommended_eta must be a number in a JSON object") from None
+        raise SiloError(f"{card}: {key} must be a number in a JSON object") from None
 
 
 def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operator_source=None):
-    """Sampling settings; SILO's step size: --eta, else the preset's, else the operator card's, else the task's."""
+    """Sampling settings. SILO's step size: --eta, else the preset's, else the operator card's, else the task's;
+    the warm start: --start-strength, else the operator card's, else the prior card's, else the task's, else 1."""
     from silo.samplers import SamplerSettings
 
     eta = args.eta
@@ -174,8 +189,17 @@ def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operat
         raise SiloError(f"--steps must be >= 1, got {args.steps}")
     if eta < 0 or args.grad_clamp < 0 or args.ddim_eta < 0:
         raise SiloError("--eta, --grad-clamp and --ddim-eta must be >= 0")
+    card = _prior_card(prior_source) if not preset else {}
+    scheduler = args.scheduler or card.get("default_scheduler", "ddpm")
+    strength = args.start_strength
+    if strength is None and not preset:
+        strength = _operator_card_number(operator_source, "recommended_start_strength")
+    if strength is None:
+        strength = float(card.get("default_start_strength", task.sampling.get("start_strength", 1.0)))
+    if not 0.0 < strength <= 1.0:
+        raise SiloError(f"--start-strength must be in (0, 1], got {strength}")
     return SamplerSettings(
-        steps=steps, scheduler=args.scheduler, eta=eta, grad_clamp=args.grad_clamp or None,
+        steps=steps, scheduler=scheduler, eta=eta, start_strength=strength, grad_clamp=args.grad_clamp or None,
         clamp_measurement=clamp, guidance_scale=args.guidance_scale, cfg_fix=args.cfg_fix,
         prompt=prompt, negative_prompt=args.negative_prompt, deterministic=args.deterministic, ddim_eta=args.ddim_eta,
     )

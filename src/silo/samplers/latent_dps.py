@@ -23,6 +23,7 @@ from silo.samplers.common import (
     deterministic_mode,
     initial_latents,
     make_scheduler,
+    sampling_timesteps,
     predict,
     predict_x0,
     progress,
@@ -61,10 +62,10 @@ def decoder_guided(
     with deterministic_mode(settings.deterministic):
         scheduler = make_scheduler(prior, settings)
         prompts = prompt_embeddings(prior, problem, settings)
-        z = initial_latents(prior, problem, scheduler)
+        z = initial_latents(prior, problem, scheduler, settings)
         step_generators = problem.generators(stream=3, device=prior.device)
         cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
-        for i, t in enumerate(progress(scheduler.timesteps, show_progress, desc)):
+        for i, t in enumerate(progress(sampling_timesteps(scheduler, settings), show_progress, desc)):
             z = z.detach().requires_grad_(True)
             with torch.enable_grad():
                 guided, cond = predict(prior, z, t, prompts, settings.guidance_scale)

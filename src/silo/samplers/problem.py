@@ -62,6 +62,9 @@ class SamplerSettings:
     cfg_fix: bool = False  # with CFG, the operator sees z0_hat of the text-conditional prediction only
     prompt: str = ""
     negative_prompt: str = ""
+    # fraction of the noise schedule run: 1 starts from pure noise (the paper); below 1 the sampler starts
+    # from the encoded measurement noised to that level and runs only the last part of the schedule
+    start_strength: float = 1.0
     ddim_eta: float = 0.0  # stochasticity of DDIM steps (not the guidance step size)
     deterministic: bool = False  # deterministic kernels (slower on GPU)
     prompt_embeds: PromptEmbeddings | None = None  # bypass the text encoder

@@ -21,6 +21,7 @@ from silo.samplers.common import (
     deterministic_mode,
     initial_latents,
     make_scheduler,
+    sampling_timesteps,
     predict,
     predict_x0,
     progress,
@@ -52,7 +53,7 @@ def silo(
         w = encode_measurement(prior, problem, settings.clamp_measurement)
         prompts = prompt_embeddings(prior, problem, settings)
         mask = problem.mask
-        z = initial_latents(prior, problem, scheduler)
+        z = initial_latents(prior, problem, scheduler, settings)
         step_generators = problem.generators(stream=3, device=prior.device)
         cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
         hooks = contextlib.nullcontext()
@@ -61,7 +62,7 @@ def silo(
 
             hooks = UNetFeatureHooks(prior.unet)
         with hooks as collector:
-            for i, t in enumerate(progress(scheduler.timesteps, show_progress, "SILO")):
+            for i, t in enumerate(progress(sampling_timesteps(scheduler, settings), show_progress, "SILO")):
                 z = z.detach().requires_grad_(True)
                 with torch.enable_grad():
                     if needs_features:

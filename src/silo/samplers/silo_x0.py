@@ -26,6 +26,7 @@ from silo.samplers.common import (
     deterministic_mode,
     initial_latents,
     make_scheduler,
+    sampling_timesteps,
     predict,
     predict_x0,
     progress,
@@ -65,10 +66,10 @@ def silo_x0(
         w = encode_measurement(prior, problem, settings.clamp_measurement)
         prompts = prompt_embeddings(prior, problem, settings)
         mask = problem.mask
-        z = initial_latents(prior, problem, scheduler)
+        z = initial_latents(prior, problem, scheduler, settings)
         step_generators = problem.generators(stream=3, device=prior.device)
         cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
-        for i, t in enumerate(progress(scheduler.timesteps, show_progress, "SILO-x0")):
+        for i, t in enumerate(progress(sampling_timesteps(scheduler, settings), show_progress, "SILO-x0")):
             with torch.no_grad():
                 guided, cond = predict(prior, z, t, prompts, settings.guidance_scale)
             z0_hat = predict_x0(scheduler, guided, t, z)
