@@ -134,7 +134,9 @@ def mean(row: dict | None, key: str) -> float | None:
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)  # "inf": a perfect consistency
 
 
 def main(argv: list[str] | None = None) -> int:
