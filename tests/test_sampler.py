@@ -183,8 +183,6 @@ def test_pad_samples_at_a_valid_size_and_crops_back(tiny_prior, operator):
 @pytest.mark.parametrize("method", ["silo", "silo_x0", "ldps"])
 def test_warm_start_runs_the_last_part_of_the_schedule(tiny_prior, operator, method):
     """start_strength < 1 runs only the last round(strength * steps) timesteps, from the noised measurement."""
-    from silo.pipeline import steps_run
-
     x = random_images(1, (32, 32), seed=9)
     task = load_task("sr4")
     seen = []
@@ -196,7 +194,7 @@ def test_warm_start_runs_the_last_part_of_the_schedule(tiny_prior, operator, met
     from silo.samplers.common import make_scheduler
 
     timesteps = [int(t) for t in make_scheduler(tiny_prior, full).timesteps]
-    assert seen == timesteps[-3:] and res.steps == steps_run(settings) == 3
+    assert seen == timesteps[-3:] and res.steps == settings.steps_run == 3
     cold = restore(tiny_prior, task, SamplerSettings(steps=10, eta=0.5), [5], reference=x, method=method,
                    operator=operator if method.startswith("silo") else None, show_progress=False)
     assert cold.steps == 10 and not torch.allclose(cold.output, res.output)

@@ -32,11 +32,6 @@ def method_names() -> list[str]:
     return [*SAMPLERS, NAIVE]
 
 
-def steps_run(settings: SamplerSettings) -> int:
-    """Denoising steps a sampler runs: ``steps``, or its last ``start_strength`` fraction (at least one)."""
-    return max(1, round(settings.start_strength * settings.steps))
-
-
 def logged_settings(method: str, settings: SamplerSettings) -> dict:
     """The settings a log records: the naive estimate samples nothing, so it records no steps or step size."""
     values = settings.to_dict()
@@ -148,4 +143,4 @@ def restore(
         check_finite(output, settings.steps, "the decoded image")
         a_output = deg.A(output, params)
     seconds = time.perf_counter() - start
-    return Restoration(output, y, a_output, reference, a_reference, params, seconds, steps_run(settings))
+    return Restoration(output, y, a_output, reference, a_reference, params, seconds, settings.steps_run)

@@ -55,12 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     smp = p.add_argument_group("sampling (shared by all methods)")
     smp.add_argument("--steps", type=int, help="diffusion steps [default: the prior's card, else 999]")
-    smp.add_argument("--scheduler", choices=["ddpm", "ddim"], default=None,
-                     help="sampling scheduler [default: the prior card's default_scheduler, else ddpm]")
-    smp.add_argument("--start-strength", type=float, default=None,
-                     help="fraction of the noise schedule to run, in (0, 1]: below 1, start from the encoded measurement "
-                     "noised to that level (a warm start; every method alike) [default: the operator card's "
-                     "recommended_start_strength, else the prior card's default_start_strength, else the task's, else 1]")
+    from silo.cli.restore import add_schedule_arguments
+
+    add_schedule_arguments(smp)
     smp.add_argument("--eta", type=float, help="SILO's guidance step size [default: the operator card's "
                      "recommended_eta, else the task's]")
     smp.add_argument("--ddim-eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic); --scheduler ddim only")

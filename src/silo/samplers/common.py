@@ -37,11 +37,13 @@ def step_kwargs(settings: SamplerSettings) -> dict[str, Any]:
     return {"eta": settings.ddim_eta} if settings.scheduler == "ddim" else {}
 
 
-def initial_latents(prior: Prior, problem: Problem, scheduler, settings: SamplerSettings | None = None) -> Tensor:
-    """The first ``z_T``: pure noise, or with ``settings.start_strength < 1`` the encoded measurement noised to
-    the first timestep that ``sampling_timesteps`` keeps (an SDEdit-style warm start)."""
-    h, w = problem.image_size
-    shape = (prior.latent_channels, h // prior.vae_scale, w // prior.vae_scale)
+def initial_latents(prior: Prior, problem: Problem, scheduler, settings: SamplerSettings | None = None,
+                    w: Tensor | None = None) -> Tensor:
+    """The first ``z_T``: pure noise, or with ``settings.start_strength < 1`` the encoded measurement ``w``
+    (encoded here unless given) noised to the first timestep that ``sampling_timesteps`` keeps (an
+    SDEdit-style warm start)."""
+    h, w_ = problem.image_size
+    shape = (prior.latent_channels, h // prior.vae_scale, w_ // prior.vae_scale)
     z = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in problem.generators(stream=1)])
     z = z.to(prior.device)
     if settings is None or settings.start_strength >= 1.0:
@@ -49,15 +51,16 @@ def initial_latents(prior: Prior, problem: Problem, scheduler, settings: Sampler
     from silo.samplers.problem import encode_measurement
 
     t0 = sampling_timesteps(scheduler, settings)[:1].repeat(z.shape[0])
-    w = encode_measurement(prior, problem, settings.clamp_measurement).float()
-    return scheduler.add_noise(w, z, t0)
+    if w is None:
+        w = encode_measurement(prior, problem, settings.clamp_measurement)
+    return scheduler.add_noise(w.float(), z, t0)
 
 
 def sampling_timesteps(scheduler, settings: SamplerSettings) -> Tensor:
-    """The timesteps run: all of them, or the last ``round(start_strength * steps)`` (at least one)."""
+    """The timesteps run: all of them, or the last ``settings.steps_run``."""
     if not 0.0 < settings.start_strength <= 1.0:
         raise SiloError(f"start_strength must be in (0, 1], got {settings.start_strength}")
-    keep = max(1, round(settings.start_strength * len(scheduler.timesteps)))
+    keep = min(settings.steps_run, len(scheduler.timesteps))
     return scheduler.timesteps[len(scheduler.timesteps) - keep :]
 
 

@@ -69,6 +69,11 @@ class SamplerSettings:
     deterministic: bool = False  # deterministic kernels (slower on GPU)
     prompt_embeds: PromptEmbeddings | None = None  # bypass the text encoder
 
+    @property
+    def steps_run(self) -> int:
+        """Denoising steps a sampler runs: ``steps``, or its last ``start_strength`` fraction (at least one)."""
+        return max(1, round(self.start_strength * self.steps))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("prompt_embeds")

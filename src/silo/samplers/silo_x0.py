@@ -66,7 +66,7 @@ def silo_x0(
         w = encode_measurement(prior, problem, settings.clamp_measurement)
         prompts = prompt_embeddings(prior, problem, settings)
         mask = problem.mask
-        z = initial_latents(prior, problem, scheduler, settings)
+        z = initial_latents(prior, problem, scheduler, settings, w)
         step_generators = problem.generators(stream=3, device=prior.device)
         cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
         for i, t in enumerate(progress(sampling_timesteps(scheduler, settings), show_progress, "SILO-x0")):
