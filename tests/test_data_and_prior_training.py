@@ -205,3 +205,34 @@ def test_unet_stage_trains_and_export_loads(tmp_path, monkeypatch):
     assert unet(z, 10).sample.shape == z.shape
     card = json.loads((prior_dir / "silo_prior.json").read_text())
     assert {"vae", "unet", "scheduler"} <= set(card)
+
+    # fine-tune from the export: the model starts from the exported weights, a time limit stops the run
+    # with a checkpoint, and the new card keeps the history of the weights it started from
+    from silo.training.prior import init_weights
+
+    fresh = UnetStage(config(tmp_path, "unet", 1, vae=str(prior_dir / "vae")), images, crops[:, :32, :32]).model
+    init_weights(fresh, prior_dir, "unet")
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(v, unet.state_dict()[k].float())
+    tuned = config(tmp_path, "unet", 1000, vae=str(prior_dir / "vae"), output=str(tmp_path / "tuned"),
+                   init_from=str(prior_dir), time_limit=0.0)
+    record = train(tuned, images=images, eval_crops=crops[:, :32, :32])
+    assert record["step"] == 1  # the time limit stopped it after one step, with a checkpoint to resume
+    assert latest_checkpoint(tuned.output).name == "step-0000001"
+    prior_export.export(tuned, tmp_path / "tuned-prior")
+    card = json.loads((tmp_path / "tuned-prior" / "silo_prior.json").read_text())
+    assert card["unet"]["step"] == 1 and card["unet"]["finetuned_from"]["step"] == 6
+
+
+def test_init_from_refuses_another_architecture(tmp_path):
+    from silo.priors import tiny
+    from silo.training.prior import init_weights
+
+    small = tiny.build_unet(latent_channels=4, sample_size=8, **TINY_UNET)
+    (tmp_path / "unet").mkdir()
+    small.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    other = tiny.build_unet(latent_channels=8, sample_size=8, **TINY_UNET)
+    with pytest.raises(SiloError, match="does not match"):
+        init_weights(other, tmp_path, "unet")
+    with pytest.raises(SiloError, match="no vae"):
+        init_weights(other, tmp_path, "vae")

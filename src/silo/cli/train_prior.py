@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument("--crop", type=int, default=None, help="crop size in pixels (UNet: latents are crop/4)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="checkpoint and stop after this much training time (the LR horizon stays --max-steps)")
+    parser.add_argument("--init-from", default=None, metavar="PRIOR",
+                        help="fine-tune: start from the weights of an exported prior folder (same architecture)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--checkpoint-every", type=int, default=None)
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = json.loads((previous / "trainer_state.json").read_text())["config"].get("model", {})
     cfg = TrainConfig(
         stage=args.stage, data=args.data, output=args.output, vae=args.vae, seed=args.seed,
-        threads=args.threads, stop_at=args.stop_at, model=overrides, progress=not args.no_progress, **opts,
+        threads=args.threads, stop_at=args.stop_at,
+        time_limit=args.time_limit, init_from=args.init_from, model=overrides, progress=not args.no_progress, **opts,
     )
     record = train(cfg, resume=args.resume_from_checkpoint)
     if record:

@@ -53,6 +53,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_crops: int = 100
     stop_at: int | None = None  # end this run early (the LR horizon stays max_steps); resume later
+    time_limit: float | None = None  # seconds: checkpoint and stop once exceeded (a lease on a borrowed GPU)
+    init_from: str | None = None  # an exported prior folder: fine-tune its weights instead of starting fresh
     model: dict[str, Any] = field(default_factory=dict)  # overrides for tiny.vae_config / unet_config
     progress: bool = True
 
@@ -259,6 +261,8 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
         eval_crops = photos.heldout_crops(cfg.eval_crops, 64 if cfg.stage == "vae" else cfg.crop, seed=0)
     stage = {"vae": VaeStage, "unet": UnetStage}[cfg.stage](cfg, images, eval_crops)
     model = stage.model
+    if cfg.init_from and resolve_resume(out, resume) is None:
+        init_weights(model, cfg.init_from, cfg.stage)
     eval_model = copy.deepcopy(model).eval().requires_grad_(False)  # evaluation runs on the CPU
     accelerator = Accelerator()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -275,6 +279,7 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.stage}", unit="step", disable=not cfg.progress)
     running, t0, steps_timed = {}, time.time(), 0
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
+    started = time.time()
     while step < end:
         model.train()
         batch = stage.sampler.sample(cfg.batch_size).to(accelerator.device)
@@ -291,6 +296,9 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
             running[k] = running.get(k, 0.0) + v
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if cfg.time_limit is not None and time.time() - started > cfg.time_limit and step < end:
+            bar.write(f"time limit of {cfg.time_limit:g} s reached at step {step}: checkpointing and stopping")
+            end = step
         last = step == end
         if step % cfg.eval_every == 0 or last:
             ema.copy_to(eval_model)
@@ -310,6 +318,21 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
     if writer is not None:
         writer.close()
     return record
+
+
+def init_weights(model: torch.nn.Module, prior_dir: str | Path, stage: str) -> None:
+    """Load the ``stage`` weights of an exported prior into ``model`` (same architecture required)."""
+    from safetensors.torch import load_file
+
+    files = sorted((Path(prior_dir) / stage).glob("*.safetensors"))
+    if not files:
+        raise SiloError(f"--init-from {prior_dir}: no {stage}/*.safetensors there (an exported prior folder?)")
+    weights = load_file(files[0])
+    own = model.state_dict()
+    wrong = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
+    if wrong or set(weights) - set(own):
+        raise SiloError(f"--init-from {prior_dir}: its {stage} does not match this model config (e.g. {(wrong or sorted(set(weights) - set(own)))[0]})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
 
 
 def _lock(out: Path):

@@ -103,12 +103,17 @@ def export_unet(cfg: TrainConfig, folder: Path) -> Path:
         AutoencoderKL.from_pretrained(vae_dir).save_pretrained(folder / "vae", safe_serialization=True)
     log = Path(cfg.output) / "log.jsonl"
     last = json.loads(log.read_text().splitlines()[-1]) if log.is_file() else {}
+    trained = state["config"]
+    card = {
+        "parameters": tiny.count_parameters(unet), "step": state["step"], "dtype": "float16",
+        "ema_decay": trained["ema_decay"], "train_crop_latents": trained["crop"] // 4,
+        "batch_size": trained["batch_size"], "heldout_loss": last.get("eval_heldout_loss"),
+    }
+    if trained.get("init_from"):  # fine-tuned: keep the history of the weights it started from
+        previous = Path(trained["init_from"]) / tiny.CARD_FILE
+        card["finetuned_from"] = json.loads(previous.read_text()).get("unet") if previous.is_file() else None
     tiny.write_card(
-        folder, unet={
-            "parameters": tiny.count_parameters(unet), "step": state["step"], "dtype": "float16",
-            "ema_decay": state["config"]["ema_decay"], "train_crop_latents": state["config"]["crop"] // 4,
-            "heldout_loss": last.get("eval_heldout_loss"),
-        },
+        folder, unet=card,
         scheduler=tiny.scheduler_config(),
         note="load with torch_dtype=torch.float32 on CPU (weights are stored in fp16)",
     )
