@@ -236,3 +236,31 @@ def test_init_from_refuses_another_architecture(tmp_path):
         init_weights(other, tmp_path, "unet")
     with pytest.raises(SiloError, match="no vae"):
         init_weights(other, tmp_path, "vae")
+
+
+def test_decoder_finetune_keeps_the_latent_space(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from silo.training import prior_export
+
+    images, crops = fake_images(), fake_crops()
+    monkeypatch.setattr(photos, "load_training_images", lambda _: images)
+    monkeypatch.setattr(photos, "heldout_crops", lambda n, size, seed=0: crops)
+    base = config(tmp_path, "vae", 3)
+    train(base, images=images, eval_crops=crops)
+    prior_export.export(base, tmp_path / "prior")
+    with pytest.raises(SiloError, match="--init-from"):
+        train(config(tmp_path, "vae", 2, output=str(tmp_path / "x"), freeze_encoder=True), images=images, eval_crops=crops)
+    tuned = config(tmp_path, "vae", 3, output=str(tmp_path / "dec"), init_from=str(tmp_path / "prior"),
+                   freeze_encoder=True, lr=1e-2)
+    train(tuned, images=images, eval_crops=crops)
+    prior_export.export(tuned, tmp_path / "prior-dec")
+    old = AutoencoderKL.from_pretrained(tmp_path / "prior" / "vae", torch_dtype=torch.float32)
+    new = AutoencoderKL.from_pretrained(tmp_path / "prior-dec" / "vae", torch_dtype=torch.float32)
+    assert new.config.scaling_factor == old.config.scaling_factor
+    for name in ("encoder", "quant_conv"):
+        for (k, a), b in zip(getattr(old, name).state_dict().items(), getattr(new, name).state_dict().values()):
+            torch.testing.assert_close(a, b, msg=f"{name}.{k} changed")
+    assert any(not torch.equal(a, b) for a, b in zip(old.decoder.state_dict().values(), new.decoder.state_dict().values()))
+    card = json.loads((tmp_path / "prior-dec" / "silo_prior.json").read_text())["vae"]
+    assert card["finetuned_from"]["step"] == 3 and "encoder" in card["frozen"]

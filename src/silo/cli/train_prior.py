@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint and stop after this much training time (the LR horizon stays --max-steps)")
     parser.add_argument("--init-from", default=None, metavar="PRIOR",
                         help="fine-tune: start from the weights of an exported prior folder (same architecture)")
+    parser.add_argument("--freeze-encoder", action="store_true",
+                        help="stage vae with --init-from: train the decoder only (the latent space stays the same)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--checkpoint-every", type=int, default=None)
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         stage=args.stage, data=args.data, output=args.output, vae=args.vae, seed=args.seed,
         threads=args.threads, stop_at=args.stop_at,
-        time_limit=args.time_limit, init_from=args.init_from, model=overrides, progress=not args.no_progress, **opts,
+        time_limit=args.time_limit, init_from=args.init_from,
+        freeze_encoder=args.freeze_encoder, model=overrides, progress=not args.no_progress, **opts,
     )
     record = train(cfg, resume=args.resume_from_checkpoint)
     if record:

@@ -55,6 +55,8 @@ class TrainConfig:
     stop_at: int | None = None  # end this run early (the LR horizon stays max_steps); resume later
     time_limit: float | None = None  # seconds: checkpoint and stop once exceeded (a lease on a borrowed GPU)
     init_from: str | None = None  # an exported prior folder: fine-tune its weights instead of starting fresh
+    freeze_encoder: bool = False  # stage vae + init_from: train the decoder only, so the latent space (and
+    # every UNet and operator trained on it) stays valid
     model: dict[str, Any] = field(default_factory=dict)  # overrides for tiny.vae_config / unet_config
     progress: bool = True
 
@@ -138,7 +140,8 @@ class VaeStage:
         self.eval_x = to_tensor(eval_crops)
 
     def loss(self, model, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        posterior = model.encode(batch).latent_dist
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoder):
+            posterior = model.encode(batch).latent_dist
         recon = model.decode(posterior.mode()).sample
         rec = F.l1_loss(recon, batch)
         if self.cfg.kl_weight <= 0:
@@ -263,9 +266,15 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
     model = stage.model
     if cfg.init_from and resolve_resume(out, resume) is None:
         init_weights(model, cfg.init_from, cfg.stage)
+    if cfg.freeze_encoder:
+        if cfg.stage != "vae" or not cfg.init_from:
+            raise SiloError("--freeze-encoder fine-tunes a trained VAE's decoder: it needs --stage vae and --init-from")
+        model.encoder.requires_grad_(False)
+        model.quant_conv.requires_grad_(False)
     eval_model = copy.deepcopy(model).eval().requires_grad_(False)  # evaluation runs on the CPU
     accelerator = Accelerator()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup, cfg.max_steps, cfg.min_lr_ratio))
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     ema = EMA(accelerator.unwrap_model(model), cfg.ema_decay)

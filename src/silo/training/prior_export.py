@@ -65,7 +65,10 @@ def export_vae(cfg: TrainConfig, folder: Path) -> Path:
     from silo.data import photos
 
     vae, state = _ema_model(cfg, lambda c: tiny.build_vae(**c.get("model", {})))
-    scale = 1.0 / latent_rms(vae, photos.load_training_images(cfg.data))
+    if cfg.freeze_encoder:  # the same encoder: keep its scale exactly (the UNet and operators assume it)
+        scale = float(json.loads((Path(cfg.init_from) / "vae" / "config.json").read_text())["scaling_factor"])
+    else:
+        scale = 1.0 / latent_rms(vae, photos.load_training_images(cfg.data))
     vae.register_to_config(scaling_factor=round(scale, 5))
     x = to_tensor(photos.heldout_crops(100, 64, seed=0))
     fp32 = _vae_quality(vae, x)
@@ -82,6 +85,7 @@ def export_vae(cfg: TrainConfig, folder: Path) -> Path:
             "step": state["step"], "dtype": "float16" if use_half else "float32",
             "heldout_64px_crops": 100, "heldout_psnr": round((fp16 if use_half else fp32)["psnr"], 3),
             "heldout_ssim": round((fp16 if use_half else fp32)["ssim"], 4), "heldout_psnr_fp32": round(fp32["psnr"], 3),
+            **_finetune_history(state["config"], "vae"),
         },
     )
     return folder / "vae"
@@ -109,15 +113,24 @@ def export_unet(cfg: TrainConfig, folder: Path) -> Path:
         "ema_decay": trained["ema_decay"], "train_crop_latents": trained["crop"] // 4,
         "batch_size": trained["batch_size"], "heldout_loss": last.get("eval_heldout_loss"),
     }
-    if trained.get("init_from"):  # fine-tuned: keep the history of the weights it started from
-        previous = Path(trained["init_from"]) / tiny.CARD_FILE
-        card["finetuned_from"] = json.loads(previous.read_text()).get("unet") if previous.is_file() else None
+    card.update(_finetune_history(trained, "unet"))
     tiny.write_card(
         folder, unet=card,
         scheduler=tiny.scheduler_config(),
         note="load with torch_dtype=torch.float32 on CPU (weights are stored in fp16)",
     )
     return folder
+
+
+def _finetune_history(trained: dict, stage: str) -> dict:
+    """For a fine-tuned run: the card entry of the weights it started from (and what was frozen)."""
+    if not trained.get("init_from"):
+        return {}
+    previous = Path(trained["init_from"]) / tiny.CARD_FILE
+    history = {"finetuned_from": json.loads(previous.read_text()).get(stage) if previous.is_file() else None}
+    if trained.get("freeze_encoder"):
+        history["frozen"] = "encoder (the latent space is the one it started from)"
+    return history
 
 
 def export(cfg: TrainConfig, folder: str | Path) -> Path:
