@@ -29,7 +29,7 @@ MAX_BYTES = 60 * 2**20
 CURVE_TASK = "sr4"
 CURVE_STEPS = [10, 25, 50, 100, 250, 500, 1000]
 SCHEDULER = "ddim"  # deterministic DDIM: higher PSNR than DDPM at few steps on silo-tiny (sr4: 25.3 vs 24.4 dB)
-ETAS = [1.0, 2.0, 4.0]
+ETAS = [1.0, 2.0, 4.0, 8.0]
 STRENGTHS = [0.1, 0.3, 1.0]
 
 
@@ -90,8 +90,9 @@ def evaluate(staging: Path, out: Path, kind: str, steps: int, extra: list[str], 
 def tune_eta(staging: Path, ship: Path, steps: int, crops: int, etas: list[float],
              strengths: list[float]) -> dict[str, dict]:
     """SILO's step size and warm start per operator, swept on *training* crops (never the held-out photos);
-    the best PSNR is written into the staged operator's card as ``recommended_eta`` and
-    ``recommended_start_strength`` (what restore and evaluate use by default)."""
+    the best PSNR is written into the staged operator's card as ``recommended_eta`` (with the size it was
+    tuned at, ``recommended_eta_size``) and ``recommended_start_strength`` (what restore and evaluate use
+    by default)."""
     sweep = {}
     for kind in KINDS:
         rows = {}
@@ -110,6 +111,7 @@ def tune_eta(staging: Path, ship: Path, steps: int, crops: int, etas: list[float
             card = json.loads(card_path.read_text())
             card["recommended_eta"] = best_e
             card["recommended_start_strength"] = best_s
+            card["recommended_eta_size"] = 64  # tuned at 64 px: restore scales eta by the image side / 64
             card["eta_sweep"] = {"photos": f"{crops} training crops, 64 px", "steps": steps, "scheduler": SCHEDULER,
                                  "psnr": {f"start_strength={format_eta(s)},eta={format_eta(e)}": v
                                           for (s, e), v in psnr.items()}}

@@ -337,6 +337,15 @@ def test_eta_precedence_flag_then_preset_then_operator_card_then_task(tmp_path):
     assert eta([], operator=tmp_path / "published.pt") == 0.5  # a .pt file has no card
     assert eta([], preset=preset, operator=card_dir) == preset.eta
     assert eta(["--eta", "0.125"], preset=preset, operator=card_dir) == 0.125
+
+    def reference(argv, operator=None):
+        args = build_parser().parse_args(["restore", "x.png", *argv])
+        return _settings(args, task, None, tmp_path, operator).eta_reference_size
+
+    assert reference([], operator=card_dir) is None  # a card without the size: eta as given
+    (card_dir / "model_card.json").write_text(json.dumps({"recommended_eta": 0.7, "recommended_eta_size": 64}))
+    assert reference([], operator=card_dir) == 64  # the card's eta is scaled from the size it was tuned at
+    assert reference(["--eta", "0.7"], operator=card_dir) is None  # an explicit --eta is used as given
     (card_dir / "model_card.json").write_text(json.dumps({"recommended_eta": "fast"}))
     with pytest.raises(SiloError, match="recommended_eta must be a number"):
         eta([], operator=card_dir)

@@ -222,3 +222,19 @@ def test_bad_start_strength_is_a_clear_error(tiny_prior, operator, strength):
     with pytest.raises(SiloError, match="start_strength"):
         restore(tiny_prior, load_task("sr4"), SamplerSettings(steps=4, start_strength=strength), [1], reference=x,
                 operator=operator, show_progress=False)
+
+
+def test_eta_reference_size_scales_the_step_with_the_image_side(tiny_prior, operator):
+    """An eta tuned at 16 px, used on 32 px images, is the plain eta times 2 (the side ratio)."""
+    x = random_images(1, (32, 32), seed=9)
+    task = load_task("sr4")
+
+    def run(eta, size):
+        settings = SamplerSettings(steps=4, eta=eta, eta_reference_size=size, deterministic=True)
+        return restore(tiny_prior, task, settings, [5], reference=x, operator=operator, param_seeds=[5],
+                       show_progress=False).output
+
+    torch.testing.assert_close(run(0.5, 16), run(1.0, None))
+    torch.testing.assert_close(run(0.5, 32), run(0.5, None))
+    assert not torch.allclose(run(0.5, 16), run(0.5, None))
+    assert SamplerSettings(eta=2.0, eta_reference_size=64).guidance_eta(256, 128) == pytest.approx(2.0 * 181.019 / 64, rel=1e-4)

@@ -57,6 +57,7 @@ def test_shipped_restoration_beats_the_measurement_alone(task_name, prior, crops
     steps = min(CARD["default_steps"], STEPS_CAP)
     settings = SamplerSettings(
         steps=steps, eta=_operator_card_number(source, "recommended_eta"),
+        eta_reference_size=int(_operator_card_number(source, "recommended_eta_size") or 0) or None,
         start_strength=_operator_card_number(source, "recommended_start_strength") or 1.0,
         scheduler=_prior_card(default_prior_path()).get("default_scheduler", "ddpm"),
         clamp_measurement=bool(task.sampling.get("clamp_measurement", False)))

@@ -169,13 +169,17 @@ def _operator_card_number(operator_source, key: str) -> float | None:
 
 
 def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operator_source=None):
-    """Sampling settings. SILO's step size: --eta, else the preset's, else the operator card's, else the task's;
+    """Sampling settings. SILO's step size: --eta, else the preset's, else the operator card's (scaled from the
+    size it was tuned at, ``recommended_eta_size``), else the task's;
     the warm start: --start-strength, else the operator card's, else the prior card's, else the task's, else 1."""
     from silo.samplers import SamplerSettings
 
-    eta = args.eta
+    eta, eta_size = args.eta, None
     if eta is None:
         eta = preset.eta if preset else _operator_eta(operator_source)
+        if eta is not None and not preset:  # a card's eta was tuned at one size: scale it to the image's
+            size = _operator_card_number(operator_source, "recommended_eta_size")
+            eta_size = int(size) if size else None
     if eta is None:
         eta = task.sampling.get("eta", 0.5)
     clamp = args.clamp_measurement
@@ -199,7 +203,7 @@ def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operat
     if not 0.0 < strength <= 1.0:
         raise SiloError(f"--start-strength must be in (0, 1], got {strength}")
     return SamplerSettings(
-        steps=steps, scheduler=scheduler, eta=eta, start_strength=strength, grad_clamp=args.grad_clamp or None,
+        steps=steps, scheduler=scheduler, eta=eta, eta_reference_size=eta_size, start_strength=strength, grad_clamp=args.grad_clamp or None,
         clamp_measurement=clamp, guidance_scale=args.guidance_scale, cfg_fix=args.cfg_fix,
         prompt=prompt, negative_prompt=args.negative_prompt, deterministic=args.deterministic, ddim_eta=args.ddim_eta,
     )

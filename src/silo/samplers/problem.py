@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,6 +68,10 @@ class SamplerSettings:
     # from the encoded measurement noised to that level and runs only the last part of the schedule
     start_strength: float = 1.0
     ddim_eta: float = 0.0  # stochasticity of DDIM steps (not the guidance step size)
+    # image side (px) at which ``eta`` was tuned. The guidance differentiates a norm, so each latent's share
+    # of the step shrinks as 1/sqrt(size); with a reference the step is scaled by sqrt(pixels / size^2) so an
+    # eta tuned on 64 px crops means the same per latent at 256 px. None: eta as given (the paper)
+    eta_reference_size: int | None = None
     deterministic: bool = False  # deterministic kernels (slower on GPU)
     prompt_embeds: PromptEmbeddings | None = None  # bypass the text encoder
 
@@ -73,6 +79,12 @@ class SamplerSettings:
     def steps_run(self) -> int:
         """Denoising steps a sampler runs: ``steps``, or its last ``start_strength`` fraction (at least one)."""
         return max(1, round(self.start_strength * self.steps))
+
+    def guidance_eta(self, height: int, width: int) -> float:
+        """SILO's step size for ``height x width`` images (see ``eta_reference_size``)."""
+        if self.eta_reference_size is None:
+            return self.eta
+        return self.eta * math.sqrt(height * width) / self.eta_reference_size
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -54,6 +54,7 @@ def silo(
         prompts = prompt_embeddings(prior, problem, settings)
         mask = problem.mask
         z = initial_latents(prior, problem, scheduler, settings, w)
+        eta = settings.guidance_eta(z.shape[-2] * prior.vae_scale, z.shape[-1] * prior.vae_scale)
         step_generators = problem.generators(stream=3, device=prior.device)
         cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
         hooks = contextlib.nullcontext()
@@ -82,7 +83,7 @@ def silo(
                 check_finite(grad, i, "the guidance gradient")
                 if settings.grad_clamp is not None:
                     grad = grad.clamp(-settings.grad_clamp, settings.grad_clamp)
-                z = (z_prev - settings.eta * grad).detach()
+                z = (z_prev - eta * grad).detach()
                 check_finite(z, i, "the latents")
                 if callback is not None:
                     callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat.detach(), "loss": loss.detach()})
