@@ -21,8 +21,8 @@ case "${1:-}" in
   tune)
     silo evaluate "${PRIOR_ARGS[@]}" --photos train --photo-count 16 --photo-size 64 --batch-size 16 --tasks "$TUNE_TASKS" \
       --methods silo_x0,ldps,psld --operator-kind cnn --steps "$STEPS" --no-progress --save none \
-      --method-option silo_x0.step=0.25,0.5,1 --method-option ldps.zeta=0.25,0.5,1,2,4 \
-      --method-option psld.gamma=0.01,0.1,1 --output-dir "$OUT/tuning"
+      --method-option silo_x0.step=0.25,0.5,1,2 --method-option ldps.zeta=0.25,0.5,1,2,4,8,16 \
+      --method-option psld.gamma=0.001,0.01,0.1,1 --output-dir "$OUT/tuning"
     ;;
   compare)
     # SILO with each task's shipped default operator, the baselines (no operator) and the naive estimate;

@@ -131,9 +131,15 @@ def test_guidance_moves_toward_the_measurement(tiny_prior, operator, method, opt
 def test_registry_and_defaults_are_documented():
     import inspect
 
-    for method, options in {"ldps": {"zeta": 1.0}, "psld": {"zeta": 1.0, "gamma": 0.1}, "silo_x0": {"step": 0.5}}.items():
+    from importlib import import_module
+
+    latent_dps, psld, silo_x0 = (import_module(f"silo.samplers.{m}") for m in ("latent_dps", "psld", "silo_x0"))
+    tuned = {"ldps": {"zeta": latent_dps.DEFAULT_ZETA}, "psld": {"zeta": latent_dps.DEFAULT_ZETA, "gamma": psld.DEFAULT_GAMMA},
+             "silo_x0": {"step": silo_x0.DEFAULT_STEP}}
+    assert tuned == {"ldps": {"zeta": 4.0}, "psld": {"zeta": 4.0, "gamma": 0.001}, "silo_x0": {"step": 2.0}}
+    for method, options in tuned.items():
         fn = SAMPLERS[method]
         params = inspect.signature(fn).parameters
         assert list(params)[:6] == ["prior", "problem", "settings", "operator", "callback", "show_progress"]
         assert {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY} == options
-        assert "provisional" in fn.__doc__
+        assert "tuned on silo-tiny" in fn.__doc__
