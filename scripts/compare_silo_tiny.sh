@@ -5,13 +5,13 @@
 #   scripts/compare_silo_tiny.sh tune      # -> $OUT/tuning/aggregate.md: pick the best value per method
 #   scripts/compare_silo_tiny.sh compare   # -> $OUT/heldout/aggregate.{md,csv,json} and plots/
 # Resumable (silo evaluate skips finished results). Environment: RUNS (/work/silo-runs), OUT ($RUNS/compare),
-# STEPS (50: silo-tiny's default), PRIOR (default: the shipped one), TUNE_TASKS, EVAL_TASKS (comma-separated),
+# STEPS (50: silo-tiny's default), PRIOR and OPERATOR (--prior/--operator; default: the shipped ones), TUNE_TASKS, EVAL_TASKS (comma-separated),
 # CROPS (32 held-out crops). Every method of a task starts alike: the SILO operator card's start strength.
 set -euo pipefail
 RUNS=${RUNS:-/work/silo-runs}
 OUT=${OUT:-$RUNS/compare}
 STEPS=${STEPS:-50}
-PRIOR_ARGS=(${PRIOR:+--prior "$PRIOR"})
+PRIOR_ARGS=(${PRIOR:+--prior "$PRIOR"} ${OPERATOR:+--operator "$OPERATOR"})
 CROPS=${CROPS:-32}
 TUNE_TASKS=${TUNE_TASKS:-sr4,gaussian_blur,inpaint_center,jpeg}
 EVAL_TASKS=${EVAL_TASKS:-sr4,sr8,gaussian_blur,motion_blur,inpaint_center,inpaint_random,jpeg}

@@ -257,8 +257,18 @@ def main(argv: list[str] | None = None) -> int:
 def prior_summary(card: dict) -> str:
     vae, unet = card.get("vae", {}), card.get("unet", {})
     return (f"VAE {vae.get('parameters', 0) / 1e6:.1f} M parameters (f{vae.get('downsampling')}, "
-            f"{vae.get('latent_channels')} latent channels, {vae.get('step')} steps), UNet "
-            f"{unet.get('parameters', 0) / 1e6:.1f} M parameters ({unet.get('step')} steps)")
+            f"{vae.get('latent_channels')} latent channels, {_steps(vae)}), UNet "
+            f"{unet.get('parameters', 0) / 1e6:.1f} M parameters ({_steps(unet)})")
+
+
+def _steps(part: dict) -> str:
+    """'N steps', or the history of a fine-tuned part: 'N steps, then M fine-tuning steps (what was frozen)'."""
+    before = part.get("finetuned_from")
+    if not before:
+        return f"{part.get('step')} steps"
+    frozen = " of the decoder alone" if part.get("frozen") else ""
+    batch = f" at batch {part['batch_size']}" if part.get("batch_size") else ""
+    return f"{_steps(before)}, then {part.get('step')} fine-tuning steps{frozen}{batch}"
 
 
 def prior_metrics(card: dict) -> dict:
