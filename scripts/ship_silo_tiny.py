@@ -31,6 +31,7 @@ CURVE_STEPS = [10, 25, 50, 100, 250, 500, 1000]
 SCHEDULER = "ddim"  # deterministic DDIM: higher PSNR than DDPM at few steps on silo-tiny (sr4: 25.3 vs 24.4 dB)
 ETAS = [1.0, 2.0, 4.0, 8.0]
 STRENGTHS = [0.1, 0.3, 1.0]
+TUNE_SIZE = 64  # px: eta and the warm start are swept on training crops of this side
 
 
 def run_silo(*args: str) -> None:
@@ -98,8 +99,8 @@ def tune_eta(staging: Path, ship: Path, steps: int, crops: int, etas: list[float
         rows = {}
         for strength in strengths:
             a = evaluate(staging, ship / f"tune-{kind}-strength{format_eta(strength)}", kind, steps,
-                         ["--photos", "train", "--photo-count", str(crops), "--photo-size", "64", "--batch-size",
-                          str(crops), "--start-strength", str(strength),
+                         ["--photos", "train", "--photo-count", str(crops), "--photo-size", str(TUNE_SIZE),
+                          "--batch-size", str(crops), "--start-strength", str(strength),
                           "--method-option", "silo.eta=" + ",".join(str(e) for e in etas)], methods="silo")
             rows[strength] = table_rows(a)
         for task in TASKS:
@@ -111,8 +112,8 @@ def tune_eta(staging: Path, ship: Path, steps: int, crops: int, etas: list[float
             card = json.loads(card_path.read_text())
             card["recommended_eta"] = best_e
             card["recommended_start_strength"] = best_s
-            card["recommended_eta_size"] = 64  # tuned at 64 px: restore scales eta by the image side / 64
-            card["eta_sweep"] = {"photos": f"{crops} training crops, 64 px", "steps": steps, "scheduler": SCHEDULER,
+            card["recommended_eta_size"] = TUNE_SIZE  # restore scales eta by sqrt(H * W) / TUNE_SIZE
+            card["eta_sweep"] = {"photos": f"{crops} training crops, {TUNE_SIZE} px", "steps": steps, "scheduler": SCHEDULER,
                                  "psnr": {f"start_strength={format_eta(s)},eta={format_eta(e)}": v
                                           for (s, e), v in psnr.items()}}
             card_path.write_text(json.dumps(card, indent=2) + "\n")

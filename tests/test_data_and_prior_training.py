@@ -264,3 +264,17 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(old.decoder.state_dict().values(), new.decoder.state_dict().values()))
     card = json.loads((tmp_path / "prior-dec" / "silo_prior.json").read_text())["vae"]
     assert card["finetuned_from"]["step"] == 3 and "encoder" in card["frozen"]
+
+
+def test_resumed_run_keeps_its_fine_tuning_flags(tmp_path):
+    from silo.cli import build_parser
+    from silo.cli.train_prior import run
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 1, "config": {"model": {}}}))
+    args = build_parser().parse_args(["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output",
+                                      str(tmp_path / "run"), "--resume-from-checkpoint", "latest",
+                                      "--freeze-encoder", "--init-from", str(tmp_path)])
+    with pytest.raises(SiloError, match="without --freeze-encoder"):
+        run(args)

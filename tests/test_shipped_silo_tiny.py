@@ -43,7 +43,7 @@ def test_card_lists_every_task_and_a_measured_table():
 
 @pytest.mark.parametrize("task_name", TASKS)
 def test_shipped_restoration_beats_the_measurement_alone(task_name, prior, crops):
-    from silo.cli._restore_impl import _operator_card_number, _prior_card
+    from silo.cli._restore_impl import _operator_card_number, _prior_card, operator_card_eta
     from silo.degradations.tasks import load_task
     from silo.evaluation.metrics import psnr
     from silo.evaluation.sources import load_task_operator
@@ -56,8 +56,7 @@ def test_shipped_restoration_beats_the_measurement_alone(task_name, prior, crops
     operator = load_task_operator(source, kind, prior, task, prior.device)
     steps = min(CARD["default_steps"], STEPS_CAP)
     settings = SamplerSettings(
-        steps=steps, eta=_operator_card_number(source, "recommended_eta"),
-        eta_reference_size=int(_operator_card_number(source, "recommended_eta_size") or 0) or None,
+        steps=steps, eta=operator_card_eta(source)[0], eta_reference_size=operator_card_eta(source)[1],
         start_strength=_operator_card_number(source, "recommended_start_strength") or 1.0,
         scheduler=_prior_card(default_prior_path()).get("default_scheduler", "ddpm"),
         clamp_measurement=bool(task.sampling.get("clamp_measurement", False)))

@@ -18,7 +18,13 @@ from torch import Tensor
 
 from silo.degradations.tasks import Task, load_task
 from silo.errors import SiloError
-from silo.io.inputs import Item, dataset_items, example_items, file_items, parse_index_list
+from silo.io.inputs import (
+    Item,
+    dataset_items,
+    example_items,
+    file_items,
+    parse_index_list,
+)
 
 
 @dataclass
@@ -156,6 +162,15 @@ def _operator_eta(operator_source) -> float | None:
     return _operator_card_number(operator_source, "recommended_eta")
 
 
+def operator_card_eta(operator_source) -> tuple[float | None, int | None]:
+    """An operator card's ``recommended_eta`` and the image side it was tuned at (``recommended_eta_size``)."""
+    eta = _operator_eta(operator_source)
+    size = _operator_card_number(operator_source, "recommended_eta_size")
+    if size is not None and (size <= 0 or size != int(size)):
+        raise SiloError(f"{operator_source}/model_card.json: recommended_eta_size must be a positive integer, got {size}")
+    return eta, (int(size) if eta is not None and size else None)
+
+
 def _operator_card_number(operator_source, key: str) -> float | None:
     """A number recorded in an operator folder's model card (``recommended_eta``, ...), if any."""
     card = Path(str(operator_source)) / "model_card.json" if operator_source is not None else None
@@ -175,11 +190,10 @@ def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operat
     from silo.samplers import SamplerSettings
 
     eta, eta_size = args.eta, None
-    if eta is None:
-        eta = preset.eta if preset else _operator_eta(operator_source)
-        if eta is not None and not preset:  # a card's eta was tuned at one size: scale it to the image's
-            size = _operator_card_number(operator_source, "recommended_eta_size")
-            eta_size = int(size) if size else None
+    if eta is None and preset:
+        eta = preset.eta
+    elif eta is None:  # a card's eta was tuned at one size: it is scaled to the image's
+        eta, eta_size = operator_card_eta(operator_source)
     if eta is None:
         eta = task.sampling.get("eta", 0.5)
     clamp = args.clamp_measurement
@@ -293,10 +307,10 @@ def _clean(obj: Any) -> Any:
 
 def restore_command(args: argparse.Namespace) -> int:
     from silo.evaluation.metrics import psnr, restoration_metrics
-    from silo.io.grid import make_grid
-    from silo.io.outputs import json_bytes, png_bytes, write_group
-    from silo.io.images import tensor_to_pil
     from silo.evaluation.options import parse_method_options
+    from silo.io.grid import make_grid
+    from silo.io.images import tensor_to_pil
+    from silo.io.outputs import json_bytes, png_bytes, write_group
     from silo.pipeline import NAIVE, logged_settings, method_names, restore
     from silo.presets import get_preset
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 COMMAND = "train-prior"
 HELP = "train the silo-tiny prior (stage vae, then unet) with checkpoints, resume and export"
@@ -11,7 +12,9 @@ DESCRIPTION = (
     "Train one stage of the silo-tiny latent diffusion prior on a folder written by `silo build-data`. "
     "Checkpoints go to OUTPUT/checkpoints every --checkpoint-every steps; rerun with "
     "--resume-from-checkpoint latest to continue. --export DIR writes the diffusers-layout prior "
-    "(vae/ or unet/ + scheduler/) from the latest checkpoint once --max-steps is reached."
+    "(vae/ or unet/ + scheduler/) from the latest checkpoint when the run ends (at --max-steps, --stop-at "
+    "or --time-limit). --init-from PRIOR fine-tunes an exported prior; --freeze-encoder (stage vae) trains "
+    "its decoder alone. A resumed run keeps the --init-from and --freeze-encoder it was started with."
 )
 
 
@@ -64,13 +67,19 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             opts[key] = value
     previous = resolve_resume(args.output, args.resume_from_checkpoint)
-    if previous is not None and not args.model:
-        overrides = json.loads((previous / "trainer_state.json").read_text())["config"].get("model", {})
+    init_from = str(Path(args.init_from).resolve()) if args.init_from else None
+    freeze = args.freeze_encoder
+    if previous is not None:  # a resumed run keeps what it was started with
+        before = json.loads((previous / "trainer_state.json").read_text())["config"]
+        overrides = overrides if args.model else before.get("model", {})
+        init_from = before.get("init_from") or init_from
+        if args.freeze_encoder and not before.get("freeze_encoder"):
+            raise SiloError(f"{previous} was trained without --freeze-encoder: resume it without the flag")
+        freeze = bool(before.get("freeze_encoder"))
     cfg = TrainConfig(
         stage=args.stage, data=args.data, output=args.output, vae=args.vae, seed=args.seed,
         threads=args.threads, stop_at=args.stop_at,
-        time_limit=args.time_limit, init_from=args.init_from,
-        freeze_encoder=args.freeze_encoder, model=overrides, progress=not args.no_progress, **opts,
+        time_limit=args.time_limit, init_from=init_from, freeze_encoder=freeze, model=overrides, progress=not args.no_progress, **opts,
     )
     record = train(cfg, resume=args.resume_from_checkpoint)
     if record:

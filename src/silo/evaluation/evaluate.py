@@ -93,8 +93,8 @@ def run_batch(jobs: list[EvalJob], prepared: list, ctx: dict[str, Any]) -> list[
     task, config, seed, device = first.task, first.config, first.seed, ctx["device"]
     options = config.option_dict
     settings = ctx["settings"][task.name]
-    if "eta" in options and config.method == "silo":
-        settings = replace(settings, eta=options.pop("eta"))
+    if "eta" in options and config.method == "silo":  # a given eta is used as given, like --eta
+        settings = replace(settings, eta=options.pop("eta"), eta_reference_size=None)
     operator = ctx["operators"].get(task.name) if config.method in OPERATOR_METHODS else None
     tensors = torch.cat([p.tensor for p in prepared])
     params = {k: torch.cat([p.params[k] for p in prepared]) for k in prepared[0].params}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,8 +68,9 @@ class SamplerSettings:
     start_strength: float = 1.0
     ddim_eta: float = 0.0  # stochasticity of DDIM steps (not the guidance step size)
     # image side (px) at which ``eta`` was tuned. The guidance differentiates a norm, so each latent's share
-    # of the step shrinks as 1/sqrt(size); with a reference the step is scaled by sqrt(pixels / size^2) so an
-    # eta tuned on 64 px crops means the same per latent at 256 px. None: eta as given (the paper)
+    # of the step shrinks as 1 / side (1 / sqrt(pixels)); with a reference the step is scaled by
+    # sqrt(H * W) / size, so an eta tuned on 64 px crops means the same per latent at 256 px. None: eta as
+    # given (the paper)
     eta_reference_size: int | None = None
     deterministic: bool = False  # deterministic kernels (slower on GPU)
     prompt_embeds: PromptEmbeddings | None = None  # bypass the text encoder

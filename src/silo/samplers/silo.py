@@ -21,11 +21,11 @@ from silo.samplers.common import (
     deterministic_mode,
     initial_latents,
     make_scheduler,
-    sampling_timesteps,
     predict,
     predict_x0,
     progress,
     prompt_embeddings,
+    sampling_timesteps,
     step_kwargs,
 )
 from silo.samplers.problem import Problem, SamplerSettings, encode_measurement

@@ -262,13 +262,13 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
         images = photos.load_training_images(cfg.data)
     if eval_crops is None:
         eval_crops = photos.heldout_crops(cfg.eval_crops, 64 if cfg.stage == "vae" else cfg.crop, seed=0)
+    if cfg.freeze_encoder and (cfg.stage != "vae" or not cfg.init_from):
+        raise SiloError("--freeze-encoder fine-tunes a trained VAE's decoder: it needs --stage vae and --init-from")
     stage = {"vae": VaeStage, "unet": UnetStage}[cfg.stage](cfg, images, eval_crops)
     model = stage.model
     if cfg.init_from and resolve_resume(out, resume) is None:
         init_weights(model, cfg.init_from, cfg.stage)
     if cfg.freeze_encoder:
-        if cfg.stage != "vae" or not cfg.init_from:
-            raise SiloError("--freeze-encoder fine-tunes a trained VAE's decoder: it needs --stage vae and --init-from")
         model.encoder.requires_grad_(False)
         model.quant_conv.requires_grad_(False)
     eval_model = copy.deepcopy(model).eval().requires_grad_(False)  # evaluation runs on the CPU
@@ -333,10 +333,10 @@ def init_weights(model: torch.nn.Module, prior_dir: str | Path, stage: str) -> N
     """Load the ``stage`` weights of an exported prior into ``model`` (same architecture required)."""
     from safetensors.torch import load_file
 
-    files = sorted((Path(prior_dir) / stage).glob("*.safetensors"))
-    if not files:
-        raise SiloError(f"--init-from {prior_dir}: no {stage}/*.safetensors there (an exported prior folder?)")
-    weights = load_file(files[0])
+    path = Path(prior_dir) / stage / "diffusion_pytorch_model.safetensors"  # what export writes
+    if not path.is_file():
+        raise SiloError(f"--init-from {prior_dir}: no {stage}/{path.name} there (an exported prior folder?)")
+    weights = load_file(path)
     own = model.state_dict()
     wrong = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
     if wrong or set(weights) - set(own):

@@ -18,7 +18,15 @@ import torch
 from silo.data.crops import CropSampler
 from silo.errors import SiloError
 from silo.priors import tiny
-from silo.training.prior import EMA_FILE, STATE_FILE, TrainConfig, latest_checkpoint, psnr, ssim, to_tensor
+from silo.training.prior import (
+    EMA_FILE,
+    STATE_FILE,
+    TrainConfig,
+    latest_checkpoint,
+    psnr,
+    ssim,
+    to_tensor,
+)
 
 FP16_MAX_DB_LOSS = 0.05
 
@@ -65,8 +73,9 @@ def export_vae(cfg: TrainConfig, folder: Path) -> Path:
     from silo.data import photos
 
     vae, state = _ema_model(cfg, lambda c: tiny.build_vae(**c.get("model", {})))
-    if cfg.freeze_encoder:  # the same encoder: keep its scale exactly (the UNet and operators assume it)
-        scale = float(json.loads((Path(cfg.init_from) / "vae" / "config.json").read_text())["scaling_factor"])
+    trained = state["config"]
+    if trained.get("freeze_encoder"):  # the same encoder: keep its scale exactly (the UNet and operators assume it)
+        scale = float(json.loads((Path(trained["init_from"]) / "vae" / "config.json").read_text())["scaling_factor"])
     else:
         scale = 1.0 / latent_rms(vae, photos.load_training_images(cfg.data))
     vae.register_to_config(scaling_factor=round(scale, 5))
