@@ -55,8 +55,9 @@ def test_shipped_restoration_beats_the_measurement_alone(task_name, prior, crops
     source = default_operator_path(task_name)
     operator = load_task_operator(source, kind, prior, task, prior.device)
     steps = min(CARD["default_steps"], STEPS_CAP)
+    eta, eta_size = operator_card_eta(source)
     settings = SamplerSettings(
-        steps=steps, eta=operator_card_eta(source)[0], eta_reference_size=operator_card_eta(source)[1],
+        steps=steps, eta=eta, eta_reference_size=eta_size,
         start_strength=_operator_card_number(source, "recommended_start_strength") or 1.0,
         scheduler=_prior_card(default_prior_path()).get("default_scheduler", "ddpm"),
         clamp_measurement=bool(task.sampling.get("clamp_measurement", False)))

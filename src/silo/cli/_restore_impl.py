@@ -157,14 +157,9 @@ def _default_steps(prior_source) -> int:
         raise SiloError(f"{prior_source}/silo_prior.json: default_steps must be an integer") from None
 
 
-def _operator_eta(operator_source) -> float | None:
-    """The step size recorded in an operator folder's model card (``recommended_eta``), if any."""
-    return _operator_card_number(operator_source, "recommended_eta")
-
-
 def operator_card_eta(operator_source) -> tuple[float | None, int | None]:
     """An operator card's ``recommended_eta`` and the image side it was tuned at (``recommended_eta_size``)."""
-    eta = _operator_eta(operator_source)
+    eta = _operator_card_number(operator_source, "recommended_eta")
     size = _operator_card_number(operator_source, "recommended_eta_size")
     if size is not None and (size <= 0 or size != int(size)):
         raise SiloError(f"{operator_source}/model_card.json: recommended_eta_size must be a positive integer, got {size}")

@@ -54,7 +54,7 @@ def silo(
         prompts = prompt_embeddings(prior, problem, settings)
         mask = problem.mask
         z = initial_latents(prior, problem, scheduler, settings, w)
-        eta = settings.guidance_eta(z.shape[-2] * prior.vae_scale, z.shape[-1] * prior.vae_scale)
+        eta = settings.guidance_eta(*problem.image_size)
         step_generators = problem.generators(stream=3, device=prior.device)
         cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
         hooks = contextlib.nullcontext()

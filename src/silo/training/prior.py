@@ -266,7 +266,8 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
         raise SiloError("--freeze-encoder fine-tunes a trained VAE's decoder: it needs --stage vae and --init-from")
     stage = {"vae": VaeStage, "unet": UnetStage}[cfg.stage](cfg, images, eval_crops)
     model = stage.model
-    if cfg.init_from and resolve_resume(out, resume) is None:
+    ckpt = resolve_resume(out, resume)
+    if cfg.init_from and ckpt is None:  # a resumed run takes its weights from the checkpoint
         init_weights(model, cfg.init_from, cfg.stage)
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
@@ -279,7 +280,6 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     ema = EMA(accelerator.unwrap_model(model), cfg.ema_decay)
     step = 0
-    ckpt = resolve_resume(out, resume)
     if ckpt is not None:
         step = load_checkpoint(ckpt, accelerator, ema, stage.sampler)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
