@@ -252,8 +252,9 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path, monkeypatch):
     with pytest.raises(SiloError, match="--init-from"):
         train(config(tmp_path, "vae", 2, output=str(tmp_path / "x"), freeze_encoder=True), images=images, eval_crops=crops)
     tuned = config(tmp_path, "vae", 3, output=str(tmp_path / "dec"), init_from=str(tmp_path / "prior"),
-                   freeze_encoder=True, lr=1e-2)
-    train(tuned, images=images, eval_crops=crops)
+                   freeze_encoder=True, lr=1e-2, loss="mse")
+    record = train(tuned, images=images, eval_crops=crops)
+    assert "train_mse" in record and "train_l1" not in record  # the loss asked for is the one optimised
     prior_export.export(tuned, tmp_path / "prior-dec")
     old = AutoencoderKL.from_pretrained(tmp_path / "prior" / "vae", torch_dtype=torch.float32)
     new = AutoencoderKL.from_pretrained(tmp_path / "prior-dec" / "vae", torch_dtype=torch.float32)
@@ -278,3 +279,12 @@ def test_resumed_run_keeps_its_fine_tuning_flags(tmp_path):
                                       "--freeze-encoder", "--init-from", str(tmp_path)])
     with pytest.raises(SiloError, match="without --freeze-encoder"):
         run(args)
+    args = build_parser().parse_args(["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output",
+                                      str(tmp_path / "run"), "--resume-from-checkpoint", "latest", "--loss", "mse"])
+    with pytest.raises(SiloError, match="--loss l1"):
+        run(args)
+
+
+def test_unknown_vae_loss_is_refused(tmp_path):
+    with pytest.raises(SiloError, match="unknown VAE loss 'l3'"):
+        train(config(tmp_path, "vae", 1, loss="l3"), images=fake_images(), eval_crops=fake_crops())

@@ -14,7 +14,7 @@ DESCRIPTION = (
     "--resume-from-checkpoint latest to continue. --export DIR writes the diffusers-layout prior "
     "(vae/ or unet/ + scheduler/) from the latest checkpoint when the run ends (at --max-steps, --stop-at "
     "or --time-limit). --init-from PRIOR fine-tunes an exported prior; --freeze-encoder (stage vae) trains "
-    "its decoder alone. A resumed run keeps the --init-from and --freeze-encoder it was started with."
+    "its decoder alone. A resumed run keeps the --init-from, --freeze-encoder and --loss it was started with."
 )
 
 
@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tune: start from the weights of an exported prior folder (same architecture)")
     parser.add_argument("--freeze-encoder", action="store_true",
                         help="stage vae with --init-from: train the decoder only (the latent space stays the same)")
+    parser.add_argument("--loss", choices=["l1", "mse"], default=None,
+                        help="stage vae: reconstruction loss (default l1; mse optimises PSNR, for fine-tuning)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--checkpoint-every", type=int, default=None)
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     previous = resolve_resume(args.output, args.resume_from_checkpoint)
     init_from = str(Path(args.init_from).resolve()) if args.init_from else None
     freeze = args.freeze_encoder
+    loss = args.loss or "l1"
     if previous is not None:  # a resumed run keeps what it was started with
         before = json.loads((previous / "trainer_state.json").read_text())["config"]
         overrides = overrides if args.model else before.get("model", {})
@@ -76,10 +79,13 @@ def run(args: argparse.Namespace) -> int:
         if args.freeze_encoder and not before.get("freeze_encoder"):
             raise SiloError(f"{previous} was trained without --freeze-encoder: resume it without the flag")
         freeze = bool(before.get("freeze_encoder"))
+        if args.loss and args.loss != before.get("loss", "l1"):
+            raise SiloError(f"{previous} was trained with --loss {before.get('loss', 'l1')}: resume it with that loss")
+        loss = before.get("loss", "l1")
     cfg = TrainConfig(
         stage=args.stage, data=args.data, output=args.output, vae=args.vae, seed=args.seed,
         threads=args.threads, stop_at=args.stop_at,
-        time_limit=args.time_limit, init_from=init_from, freeze_encoder=freeze, model=overrides, progress=not args.no_progress, **opts,
+        time_limit=args.time_limit, init_from=init_from, freeze_encoder=freeze, loss=loss, model=overrides, progress=not args.no_progress, **opts,
     )
     record = train(cfg, resume=args.resume_from_checkpoint)
     if record:

@@ -57,6 +57,7 @@ class TrainConfig:
     init_from: str | None = None  # an exported prior folder: fine-tune its weights instead of starting fresh
     freeze_encoder: bool = False  # stage vae + init_from: train the decoder only, so the latent space (and
     # every UNet and operator trained on it) stays valid
+    loss: str = "l1"  # stage vae: "l1" (robust from scratch) or "mse" (what PSNR measures; for fine-tuning)
     model: dict[str, Any] = field(default_factory=dict)  # overrides for tiny.vae_config / unet_config
     progress: bool = True
 
@@ -128,12 +129,17 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
 
 
 # -- stages -----------------------------------------------------------------------------------
+RECONSTRUCTION_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
 class VaeStage:
-    """f4 AutoencoderKL on random pixel crops; L1 loss; evaluated by held-out PSNR/SSIM."""
+    """f4 AutoencoderKL on random pixel crops; L1 (or MSE) loss; evaluated by held-out PSNR/SSIM."""
 
     name = "vae"
 
     def __init__(self, cfg: TrainConfig, images: list[np.ndarray], eval_crops: np.ndarray) -> None:
+        if cfg.loss not in RECONSTRUCTION_LOSSES:
+            raise SiloError(f"unknown VAE loss {cfg.loss!r}: choose one of {sorted(RECONSTRUCTION_LOSSES)}")
         self.cfg = cfg
         self.model = tiny.build_vae(**cfg.model)
         self.sampler = CropSampler(images, cfg.crop, seed=cfg.seed)
@@ -143,11 +149,11 @@ class VaeStage:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoder):
             posterior = model.encode(batch).latent_dist
         recon = model.decode(posterior.mode()).sample
-        rec = F.l1_loss(recon, batch)
+        rec = RECONSTRUCTION_LOSSES[self.cfg.loss](recon, batch)
         if self.cfg.kl_weight <= 0:
-            return rec, {"l1": rec.item()}
+            return rec, {self.cfg.loss: rec.item()}
         kl = posterior.kl().mean() / batch[0].numel()
-        return rec + self.cfg.kl_weight * kl, {"l1": rec.item(), "kl": kl.item()}
+        return rec + self.cfg.kl_weight * kl, {self.cfg.loss: rec.item(), "kl": kl.item()}
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
