@@ -236,3 +236,25 @@ def test_naive_estimate_is_the_measurement_at_image_size(setup, tmp_path):
     log = json.loads(next((tmp_path / "runs").glob("img0_sr4_naive_*.json")).read_text())
     assert log["metrics"]["seconds_per_step"] is None and log["metrics"]["psnr"] > 5
     assert log["settings"]["steps"] == 0 and log["settings"]["eta"] is None  # it samples nothing
+
+
+def test_baselines_alone_start_where_they_would_beside_silo(tmp_path):
+    """The operator card's warm start applies to every method of a run, with or without SILO in it."""
+    from silo.cli import build_parser
+    from silo.cli._restore_impl import _settings
+    from silo.degradations.tasks import load_task
+    from silo.evaluation.evaluate import card_source
+    from silo.models import default_operator_path, default_prior_path
+
+    task = load_task("sr4")
+    card = json.loads((default_operator_path("sr4") / "model_card.json").read_text())
+    parse = lambda *extra: build_parser().parse_args(["evaluate", "--tasks", "sr4", "--output-dir", str(tmp_path), *extra])
+    alone = parse("--methods", "ldps")
+    source = card_source(alone, "sr4", {})
+    assert source == str(default_operator_path("sr4"))
+    settings = _settings(alone, task, None, default_prior_path(), source)
+    assert settings.start_strength == card["recommended_start_strength"] < 1.0
+    loaded = {"sr4": {"source": str(tmp_path / "op")}}  # a loaded operator's card wins
+    assert card_source(alone, "sr4", loaded) == str(tmp_path / "op")
+    other_prior = parse("--methods", "ldps", "--prior", str(tmp_path))  # silo-tiny's cards do not apply to it
+    assert card_source(other_prior, "sr4", {}) is None

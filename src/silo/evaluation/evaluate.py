@@ -181,6 +181,23 @@ def fits(batch: list[EvalJob], prepared: list, job: EvalJob, prep: Any, size: in
     return same and len(batch) < size and p0.tensor.shape == prep.tensor.shape and p0.params.keys() == prep.params.keys()
 
 
+def card_source(args: argparse.Namespace, task_name: str, operator_logs: dict[str, dict]) -> str | None:
+    """The operator folder whose card sets a task's step size and warm start for *every* method of the run.
+
+    The loaded operator's when a method needs one; otherwise the one that would be loaded (given with
+    --operator, or the shipped one with the shipped prior), so that a baseline starts where it would beside
+    SILO: a run of baselines alone used to start them from noise."""
+    if task_name in operator_logs:
+        return operator_logs[task_name]["source"]
+    if args.prior and not args.operator:  # another prior: the shipped operators' cards do not apply to it
+        return None
+    try:
+        source = operator_source(task_name, args.operator, args.operator_kind)
+    except SiloError:  # no shipped operator for this task: the task's own defaults apply
+        return None
+    return str(source) if (source / "model_card.json").is_file() else None
+
+
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -227,7 +244,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             operator_logs[task.name] = {
                 "source": str(source), "kind": getattr(op, "kind", type(op).__name__),
                 "config": {k: v for k, v in dict(op.config).items() if not k.startswith("_")}}
-    settings = {task.name: _settings(args, task, None, prior_source, (operator_logs.get(task.name) or {}).get("source"))
+    settings = {task.name: _settings(args, task, None, prior_source, card_source(args, task.name, operator_logs))
                 for task in tasks}
 
     jobs, refused = plan_jobs(items, tasks, configs, seeds, operators)
