@@ -283,6 +283,10 @@ def test_resumed_run_keeps_its_fine_tuning_flags(tmp_path):
                                       str(tmp_path / "run"), "--resume-from-checkpoint", "latest", "--loss", "mse"])
     with pytest.raises(SiloError, match="--loss l1"):
         run(args)
+    args = build_parser().parse_args(["train-prior", "--stage", "unet", "--data", str(tmp_path), "--output",
+                                      str(tmp_path / "u"), "--loss", "mse"])
+    with pytest.raises(SiloError, match="VAE's reconstruction loss"):
+        run(args)
 
 
 def test_unknown_vae_loss_is_refused(tmp_path):

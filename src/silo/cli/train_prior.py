@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     previous = resolve_resume(args.output, args.resume_from_checkpoint)
     init_from = str(Path(args.init_from).resolve()) if args.init_from else None
     freeze = args.freeze_encoder
+    if args.loss and args.stage != "vae":
+        raise SiloError("--loss is the VAE's reconstruction loss: the UNet trains on the v-prediction MSE")
     loss = args.loss or "l1"
     if previous is not None:  # a resumed run keeps what it was started with
         before = json.loads((previous / "trainer_state.json").read_text())["config"]
