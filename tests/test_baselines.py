@@ -136,7 +136,7 @@ def test_registry_and_defaults_are_documented():
     latent_dps, psld, silo_x0 = (import_module(f"silo.samplers.{m}") for m in ("latent_dps", "psld", "silo_x0"))
     tuned = {"ldps": {"zeta": latent_dps.DEFAULT_ZETA}, "psld": {"zeta": latent_dps.DEFAULT_ZETA, "gamma": psld.DEFAULT_GAMMA},
              "silo_x0": {"step": silo_x0.DEFAULT_STEP}}
-    assert tuned == {"ldps": {"zeta": 4.0}, "psld": {"zeta": 4.0, "gamma": 0.001}, "silo_x0": {"step": 2.0}}
+    assert tuned == {"ldps": {"zeta": 0.125}, "psld": {"zeta": 0.125, "gamma": 0.001}, "silo_x0": {"step": 2.0}}
     for method, options in tuned.items():
         fn = SAMPLERS[method]
         params = inspect.signature(fn).parameters

@@ -15,6 +15,7 @@ from silo.cli import main
 from silo.errors import SiloError
 from silo.evaluation.aggregate import mean_ci
 from silo.evaluation.options import method_options, parse_method_options
+from silo.samplers.latent_dps import DEFAULT_ZETA
 from silo.testing import random_images, tiny_prior
 
 SIZE = 32
@@ -68,7 +69,7 @@ def test_logs_and_table(single):
     logs = sorted((single / "runs").glob("*.json"))
     assert len(logs) == 2 * (3 + 2)  # 2 images x (sr4: silo, ldps, psld + jpeg: silo, ldps)
     log = json.loads((single / "runs" / "img0_sr4_ldps_s1000.json").read_text())
-    assert log["method"] == "ldps" and log["method_options"] == {"zeta": 4.0}
+    assert log["method"] == "ldps" and log["method_options"] == {"zeta": DEFAULT_ZETA}
     for key in ("psnr", "ssim", "consistency_psnr", "seconds", "seconds_per_step", "peak_memory_bytes"):
         assert isinstance(log["metrics"][key], (int, float)), key
     assert log["memory"]["memory_kind"] in ("cpu_peak_rss", "cuda_max_allocated")
@@ -156,7 +157,7 @@ def _heldout_available() -> bool:
 
 
 def test_option_parsing_errors():
-    assert method_options("psld") == {"zeta": 4.0, "gamma": 0.001}
+    assert method_options("psld") == {"zeta": DEFAULT_ZETA, "gamma": 0.001}
     assert [c.option_dict for c in parse_method_options(["zeta=1,2"], ["ldps", "psld", "silo"])] == [
         {"zeta": 1.0}, {"zeta": 2.0}, {"zeta": 1.0}, {"zeta": 2.0}, {}]
     for spec, msg in [("gamma=1", "no selected method"), ("psld.zeta=1", "not among"), ("ldps.eta=1", "takes zeta"),

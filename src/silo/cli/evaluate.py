@@ -18,7 +18,7 @@ result; the main process aggregates after all have finished (OUTPUT must be shar
 Method options: `--method-option ldps.zeta=0.5,1,2` sets (and sweeps) a method's step size; without a
 METHOD. prefix it applies to every chosen method that takes it. Options: silo: eta (else --eta, else the
 operator card's recommended_eta, else the task's); silo_x0: step; ldps: zeta; psld: zeta, gamma. Defaults
-(silo_x0 step 2, ldps zeta 4, psld zeta 4 and gamma 0.001) were tuned on silo-tiny's training photos
+(silo_x0 step 2, ldps zeta 0.125, psld zeta 0.125 and gamma 0.001) were tuned on silo-tiny's training photos
 (`--photos train`), see docs/evaluation.md."""
 
 

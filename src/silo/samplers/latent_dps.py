@@ -32,9 +32,10 @@ from silo.samplers.common import (
 )
 from silo.samplers.problem import Problem, SamplerSettings
 
-#: tuned on silo-tiny's training crops (16 x 64 px; sr4, gaussian_blur, inpaint_center, jpeg; 50 DDIM steps):
-#: mean PSNR 22.62 / 23.00 / 22.66 dB at zeta 2 / 4 / 8 (scripts/compare_silo_tiny.sh tune, docs/evaluation.md)
-DEFAULT_ZETA = 4.0
+#: tuned on silo-tiny's training crops (16 x 64 px; sr4, gaussian_blur, inpaint_center, jpeg; 50 DDIM steps;
+#: each task at its SILO card's warm start): mean PSNR 22.48 / 22.80 / 22.63 / 21.29 dB at zeta 0.0625 / 0.125 /
+#: 0.25 / 4 on the session-5 prior (scripts/compare_silo_tiny.sh tune, docs/evaluation.md)
+DEFAULT_ZETA = 0.125
 
 #: ``objective(z0_hat) -> (scalar to differentiate, per-image measurement residual norm)``
 Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
