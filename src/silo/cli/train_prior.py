@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
         if args.freeze_encoder and not before.get("freeze_encoder"):
             raise SiloError(f"{previous} was trained without --freeze-encoder: resume it without the flag")
         freeze = bool(before.get("freeze_encoder"))
-        if args.loss and args.loss != before.get("loss", "l1"):
-            raise SiloError(f"{previous} was trained with --loss {before.get('loss', 'l1')}: resume it with that loss")
         loss = before.get("loss", "l1")
+        if args.loss and args.loss != loss:
+            raise SiloError(f"{previous} was trained with --loss {loss}: resume it with that loss")
     cfg = TrainConfig(
         stage=args.stage, data=args.data, output=args.output, vae=args.vae, seed=args.seed,
         threads=args.threads, stop_at=args.stop_at,

@@ -21,7 +21,7 @@ from silo.samplers.problem import Problem, SamplerSettings
 
 #: tuned like DEFAULT_ZETA (sr4, gaussian_blur, inpaint_center; no jpeg): mean PSNR 21.23 / 20.95 / 19.98 dB at
 #: gamma 0.001 / 0.01 / 0.1 at zeta 0.25 (at zeta 4: 20.24 / 20.89 / 20.57 / 12.13 with gamma 1): the gluing
-#: term hardly helps here
+#: term hardly helps here; not swept at the shared zeta 0.125 itself
 DEFAULT_GAMMA = 0.001
 
 
