@@ -3,7 +3,7 @@
 # where it stopped.
 #   nohup nice -n 10 setsid scripts/train_silo_tiny.sh > /work/silo-runs/pipeline.out 2>&1 &
 # Environment: RUNS (default /work/silo-runs), THREADS (2), VAE_STEPS (12000), UNET_STEPS (8000),
-# OP_STEPS (CNN operator steps, 800), OP_STEPS_READOUT (200), OP_LR_CNN (1e-3), OP_LR_READOUT (5e-4), OP_CROP (64), TASKS (every shipped task but identity), KINDS (cnn readout).
+# OP_STEPS (CNN operator steps, 800), OP_STEPS_READOUT (200), OP_LR_CNN (1e-3), OP_LR_READOUT (5e-4), OP_CROP (64), KERNEL_AWARE_TASKS (motion_blur), OP_STEPS_KERNEL_AWARE (1200), TASKS (every shipped task but identity), KINDS (cnn readout).
 set -euo pipefail
 RUNS=${RUNS:-/work/silo-runs}
 THREADS=${THREADS:-2}
@@ -41,6 +41,9 @@ OP_BATCH=${OP_BATCH:-8}
 # without it, and the identity map's 0.147 on held-out crops
 OP_CNN_CONFIG=${OP_CNN_CONFIG:-'{"residual": true}'}
 OP_CROP=${OP_CROP:-64}
+# motion blur draws its kernel per image: its CNN reads the kernel (--kernel-aware)
+KERNEL_AWARE_TASKS=${KERNEL_AWARE_TASKS:-"motion_blur"}
+OP_STEPS_KERNEL_AWARE=${OP_STEPS_KERNEL_AWARE:-1200}
 TASKS=${TASKS:-"sr4 sr8 gaussian_blur motion_blur inpaint_center inpaint_random jpeg"}
 KINDS=${KINDS:-"cnn readout"}
 silo build-data --output "$RUNS/data" --patches 4000 --patch-size 128
@@ -48,9 +51,13 @@ for kind in $KINDS; do
   for task in $TASKS; do
     out=$RUNS/operators/$task-$kind
     [ -f "$out/model_card.json" ] && continue
+    extra=()
     if [ "$kind" = cnn ]; then steps=$OP_STEPS lr=$OP_LR_CNN arch=$OP_CNN_CONFIG
     else steps=$OP_STEPS_READOUT lr=$OP_LR_READOUT arch='{}'; fi
-    silo train-operator --prior "$PRIOR" --task "$task" --kind "$kind" --data "$RUNS/data/patches-128" \
+    if [ "$kind" = cnn ] && [[ " $KERNEL_AWARE_TASKS " == *" $task "* ]]; then
+      extra=(--kernel-aware) steps=$OP_STEPS_KERNEL_AWARE
+    fi
+    silo train-operator "${extra[@]}" --prior "$PRIOR" --task "$task" --kind "$kind" --data "$RUNS/data/patches-128" \
       --crop-size "$OP_CROP" --batch-size "$OP_BATCH" --max-steps "$steps" --lr "$lr" --operator-config "$arch" --output "$out" --resume-from-checkpoint latest \
       --checkpoint-every 100 --validation-every 500 --num-workers 0 --cpu
   done

@@ -276,3 +276,72 @@ def test_residual_flag_round_trips(tmp_path):
     op = CNNOperator(embedding_dim=EMB, residual=True)
     op.save_pretrained(str(tmp_path / "op"))
     assert load_operator(tmp_path / "op").config.residual is True
+
+
+# -- kernel-aware CNN operators (blur kernels that change per image) ----------------------------------
+def test_pool_kernel_keeps_the_centre_and_the_mass():
+    from silo.operators.latent_blur import pool_kernel
+
+    delta = torch.zeros(61, 61)
+    delta[30, 30] = 1
+    lk = pool_kernel(delta, 4)
+    assert lk.shape == (17, 17) and lk[8, 8] == 1 and lk.sum() == 1  # 61 px -> 17 latent px, centre kept
+    k = torch.rand(3, 9, 9)
+    k = k / k.sum((1, 2), keepdim=True)
+    lk = pool_kernel(k, 2)
+    assert lk.shape == (3, 5, 5)
+    torch.testing.assert_close(lk.sum((1, 2)), torch.ones(3))
+    assert pool_kernel(torch.rand(8, 8), 4).shape == (3, 3), "an even number of blocks is widened to stay centred"
+    with pytest.raises(SiloError, match="scale"):
+        pool_kernel(delta, 0)
+
+
+def test_latent_blur_identity_shift_and_per_image_kernels():
+    from silo.operators.latent_blur import latent_blur
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 10, 12, generator=g)
+    delta = torch.zeros(13, 13)
+    delta[6, 6] = 1
+    torch.testing.assert_close(latent_blur(z, delta, 4), z)
+    shifted = torch.zeros(13, 13)
+    shifted[6, 10] = 1  # 4 px right = one latent position
+    out = latent_blur(z, shifted, 4)
+    torch.testing.assert_close(out[..., 1:], z[..., :-1])  # convolution: the image moves right
+    kernels = torch.rand(2, 13, 13, generator=g)
+    kernels = kernels / kernels.sum((1, 2), keepdim=True)
+    both = latent_blur(z, kernels, 4)
+    for i in range(2):
+        torch.testing.assert_close(both[i : i + 1], latent_blur(z[i : i + 1], kernels[i], 4))
+    tiny = latent_blur(torch.randn(1, 3, 2, 2, generator=g), torch.rand(61, 61), 4)  # too small to reflect
+    assert tiny.shape == (1, 3, 2, 2) and torch.isfinite(tiny).all()
+
+
+def test_kernel_aware_cnn_starts_from_the_latent_blur_and_round_trips(tmp_path):
+    from silo.operators.latent_blur import latent_blur
+
+    op = CNNOperator(embedding_dim=EMB, residual=True, blur_kernel_scale=4).eval()
+    assert op.needs_blur_kernel and not CNNOperator().needs_blur_kernel
+    g = torch.Generator().manual_seed(1)
+    z, emb = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, EMB, generator=g)
+    kernel = torch.rand(2, 21, 21, generator=g)
+    kernel = kernel / kernel.sum((1, 2), keepdim=True)
+    with pytest.raises(SiloError, match="kernel-aware"):
+        op(z, emb)
+    with torch.no_grad():
+        last = op.processing[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        torch.testing.assert_close(op(z, emb, kernel=kernel), latent_blur(z, kernel, 4))
+        for p in op.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        before = op(z, emb, kernel=kernel)
+        assert not torch.allclose(before, op(z, emb, kernel=kernel.flip(-1))), "the output depends on the kernel"
+    op.save_pretrained(str(tmp_path / "op"))
+    loaded = load_operator(tmp_path / "op")
+    assert loaded.config.blur_kernel_scale == 4
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(z, emb, kernel=kernel), before)
+    check_compatible(loaded, 4, EMB, vae_scale=4)
+    with pytest.raises(SiloError, match="pools blur kernels by 4 but the prior's VAE down-samples by 8"):
+        check_compatible(loaded, 4, EMB, vae_scale=8)

@@ -238,3 +238,34 @@ def test_eta_reference_size_scales_the_step_with_the_image_side(tiny_prior, oper
     torch.testing.assert_close(run(0.5, 32), run(0.5, None))
     assert not torch.allclose(run(0.5, 16), run(0.5, None))
     assert SamplerSettings(eta=2.0, eta_reference_size=64).guidance_eta(256, 128) == pytest.approx(2.0 * 181.019 / 64, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["silo", "silo_x0"])
+def test_kernel_aware_operator_reads_each_images_kernel(tiny_prior, method):
+    """Motion blur draws a kernel per image; a kernel-aware operator gets exactly those kernels at every step."""
+    from silo.operators import CNNOperator
+
+    torch.manual_seed(0)
+    op = CNNOperator(latent_channels=4, embedding_dim=tiny_prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=8,
+                     residual=True, blur_kernel_scale=tiny_prior.vae_scale).eval().requires_grad_(False)
+    seen = []
+    op.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["kernel"]), with_kwargs=True)
+    task = load_task("motion_blur")
+    x = random_images(2, (64, 64), seed=3)
+    seeds = [11, 12]
+    settings = SamplerSettings(steps=3, eta=0.5, scheduler="ddim")
+    out = restore(tiny_prior, task, settings, seeds, reference=x, operator=op, method=method, show_progress=False)
+    expected = task.degradation.sample_params(x.shape, seeds)["kernel"]
+    assert len(seen) == 3 and all(torch.equal(k, expected) for k in seen)
+    assert torch.isfinite(out.output).all()
+
+
+def test_kernel_aware_operator_is_refused_for_a_task_without_a_kernel(tiny_prior, tmp_path):
+    from silo.evaluation.sources import load_task_operator
+    from silo.operators import CNNOperator
+
+    CNNOperator(latent_channels=4, embedding_dim=tiny_prior.embedding_dim, blur_kernel_scale=tiny_prior.vae_scale
+                ).save_pretrained(tmp_path / "op")
+    with pytest.raises(SiloError, match="kernel-aware .* but the task sr4 has none"):
+        load_task_operator(tmp_path / "op", "cnn", tiny_prior, load_task("sr4"), tiny_prior.device)
+    assert load_task_operator(tmp_path / "op", "cnn", tiny_prior, load_task("motion_blur"), tiny_prior.device).needs_blur_kernel

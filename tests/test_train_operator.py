@@ -165,6 +165,23 @@ def test_resume_and_init_refuse_other_configurations(files, tmp_path):
         OperatorTrainer(config(files, tmp_path / "c", init_operator=str(tmp_path / "other"))).setup()
 
 
+def test_kernel_aware_operator_trains_on_motion_blur(files, tmp_path):
+    """--kernel-aware: the CNN reads each image's motion kernel; it learns, and is refused where it cannot work."""
+    from silo.operators import load_operator
+
+    card = train_operator(config(files, tmp_path / "ka", task="motion_blur", kernel_aware=True, max_steps=10))
+    assert card["final_validation_loss"] < card["initial_validation_loss"]
+    op = load_operator(tmp_path / "ka")
+    assert op.needs_blur_kernel and op.config.blur_kernel_scale == tiny_prior().vae_scale
+    assert card["operator"]["blur_kernel_scale"] == op.config.blur_kernel_scale
+    with pytest.raises(SiloError, match="needs a blur task; the task sr4 has no blur kernel"):
+        OperatorTrainer(config(files, tmp_path / "x", kernel_aware=True)).setup()
+    with pytest.raises(SiloError, match="--kernel-aware is for CNN operators"):
+        OperatorTrainer(config(files, tmp_path / "y", kind="readout", kernel_aware=True)).setup()
+    with pytest.raises(SiloError, match="kernel-aware True, this run is not"):
+        OperatorTrainer(config(files, tmp_path / "z", task="motion_blur", init_operator=str(tmp_path / "ka"))).setup()
+
+
 def test_bad_data_fails_before_training(files, tmp_path, capsys):
     from silo.cli import main
 

@@ -102,7 +102,6 @@ def _collect_items(args: argparse.Namespace) -> tuple[list[Item], bool]:
 
 def _load_models(args: argparse.Namespace, task: Task, preset, device: torch.device):
     from silo.models import default_operator_path, default_prior_path
-    from silo.operators import check_compatible, load_operator
     from silo.priors.prior import Prior
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
@@ -116,25 +115,9 @@ def _load_models(args: argparse.Namespace, task: Task, preset, device: torch.dev
     prior = Prior.from_pretrained(prior_source, device=device, dtype=dtype)
     operator = None
     if operator_source is not None:
-        path = Path(operator_source)
-        if path.is_file():
-            from silo.operators.published import load_published_operator
+        from silo.evaluation.sources import load_task_operator
 
-            operator = load_published_operator(path, kind)
-        else:
-            operator = load_operator(path)
-        operator.to(device).eval().requires_grad_(False)
-        features = None
-        if getattr(operator, "needs_features", False):
-            from silo.operators.features import feature_channels
-
-            features = feature_channels(prior.unet)
-        if getattr(operator, "uses_unet_sigma_embedding", True):
-            check_compatible(operator, prior.latent_channels, prior.embedding_dim, features)
-        elif getattr(operator.config, "latent_channels", prior.latent_channels) != prior.latent_channels:
-            raise SiloError(f"operator {path} is for {operator.config.latent_channels} latent channels, the prior has {prior.latent_channels}")
-        if getattr(operator.config, "mask_channel", False) and task.degradation.name != "inpainting":
-            raise SiloError(f"operator {path} takes an inpainting mask but the task is {task.name}")
+        operator = load_task_operator(Path(operator_source), kind, prior, task, device)
     return prior, prior_source, operator, operator_source
 
 

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--operator-config", default="{}", metavar="JSON",
                       help='architecture overrides, e.g. \'{"channels": [16, 32, 64, 128]}\'')
     what.add_argument("--init-operator", metavar="FOLDER", help="start from this operator's weights (same prior)")
+    what.add_argument("--kernel-aware", action="store_true",
+                      help="CNN only, blur tasks: the operator also reads each image's blur kernel (pooled to the "
+                           "latent grid); for kernels that change per image, such as motion blur")
 
     data = p.add_argument_group("data")
     src = data.add_mutually_exclusive_group(required=True)
@@ -90,7 +93,7 @@ def config_from_args(args: argparse.Namespace):
         resume_from_checkpoint=args.resume_from_checkpoint, mixed_precision=args.mixed_precision,
         prior_dtype=args.prior_dtype, gradient_accumulation_steps=args.gradient_accumulation_steps,
         report_to=args.report_to, seed=args.seed, num_workers=args.num_workers, operator_config=overrides,
-        init_operator=args.init_operator, show_progress=not args.no_progress, cpu=args.cpu,
+        init_operator=args.init_operator, kernel_aware=args.kernel_aware, show_progress=not args.no_progress, cpu=args.cpu,
     )
 
 

@@ -31,6 +31,8 @@ class Degradation:
     linear: bool = True
     #: whether ``A`` can be back-propagated exactly (JPEG uses a straight-through gradient)
     differentiable: bool = True
+    #: whether ``blur_kernel(params)`` gives the blur kernel (kernel-aware operators need one)
+    has_blur_kernel: bool = False
 
     def __init__(self, noise_sigma: float = 0.0, **settings: Any) -> None:
         if noise_sigma < 0:
@@ -73,6 +75,10 @@ class Degradation:
 
     def mask(self, params: Params | None) -> Tensor | None:
         """``B x 1 x H x W`` mask (1 = observed) for inpainting, else None."""
+        return None
+
+    def blur_kernel(self, params: Params | None) -> Tensor | None:
+        """The blur kernel(s), ``k x k`` or ``B x k x k``, for blurs (kernel-aware operators read it), else None."""
         return None
 
     def check_size(self, height: int, width: int) -> None:

@@ -54,17 +54,20 @@ def motion_kernel(size: int, intensity: float, generator: torch.Generator) -> Te
     return (kernel / kernel.sum()).float()
 
 
-def blur(x: Tensor, kernels: Tensor) -> Tensor:
-    """Convolve each image of ``x`` (B x C x H x W) with its own kernel (B x k x k or k x k), per channel."""
+def blur(x: Tensor, kernels: Tensor, padding: str = "reflect") -> Tensor:
+    """Convolve each image of ``x`` (B x C x H x W) with its own kernel (B x k x k or k x k), per channel,
+    padding the borders by ``padding`` (an ``F.pad`` mode)."""
     b, c, h, w = x.shape
     if kernels.dim() == 2:
         kernels = kernels.expand(b, *kernels.shape)
+    if kernels.shape[0] != b:
+        raise SiloError(f"{kernels.shape[0]} blur kernels for a batch of {b} images")
     k = kernels.shape[-1]
     pad = k // 2
-    if pad >= h or pad >= w:
+    if padding == "reflect" and (pad >= h or pad >= w):
         raise SiloError(f"image {w}x{h} is too small for a {k}x{k} blur kernel with reflection padding")
     weight = kernels.to(x).repeat_interleave(c, dim=0)[:, None]  # (B*C) x 1 x k x k
-    xp = F.pad(x.reshape(1, b * c, h, w), (pad, k - 1 - pad, pad, k - 1 - pad), mode="reflect")
+    xp = F.pad(x.reshape(1, b * c, h, w), (pad, k - 1 - pad, pad, k - 1 - pad), mode=padding)
     # conv2d is a correlation; flip to convolve (matters only for asymmetric motion kernels)
     out = F.conv2d(xp, weight.flip(-1, -2), groups=b * c)
     return out.reshape(b, c, h, w)
@@ -72,6 +75,10 @@ def blur(x: Tensor, kernels: Tensor) -> Tensor:
 
 class _Blur(Degradation):
     kernel_size: int
+    has_blur_kernel = True
+
+    def blur_kernel(self, params: Params | None) -> Tensor | None:
+        return (params or {}).get("kernel", getattr(self, "kernel", None))
 
     def check_size(self, height: int, width: int) -> None:
         if self.kernel_size // 2 >= min(height, width):

@@ -106,9 +106,11 @@ def load_task_operator(source: Path, kind: str | None, prior, task, device: torc
 
         features = feature_channels(prior.unet)
     if getattr(operator, "uses_unet_sigma_embedding", True):
-        check_compatible(operator, prior.latent_channels, prior.embedding_dim, features)
+        check_compatible(operator, prior.latent_channels, prior.embedding_dim, features, prior.vae_scale)
     elif getattr(operator.config, "latent_channels", prior.latent_channels) != prior.latent_channels:
         raise SiloError(f"operator {source} is for {operator.config.latent_channels} latent channels, the prior has {prior.latent_channels}")
     if getattr(operator.config, "mask_channel", False) and task.degradation.name != "inpainting":
         raise SiloError(f"operator {source} takes an inpainting mask but the task is {task.name}")
+    if getattr(operator, "needs_blur_kernel", False) and not task.degradation.has_blur_kernel:
+        raise SiloError(f"operator {source} is kernel-aware (reads a blur kernel) but the task {task.name} has none")
     return operator

@@ -91,9 +91,13 @@ def check_compatible(
     latent_channels: int,
     embedding_dim: int,
     feature_channels: list[int] | None = None,
+    vae_scale: int | None = None,
 ) -> None:
     """Raise :class:`SiloError` when ``operator`` was built for another prior (naming both sides)."""
     cfg, name = operator.config, describe_operator(operator)
+    scale = cfg.get("blur_kernel_scale", 0)
+    if scale and vae_scale is not None and scale != vae_scale:
+        raise SiloError(f"{name} pools blur kernels by {scale} but the prior's VAE down-samples by {vae_scale}")
     if cfg.latent_channels != latent_channels:
         raise SiloError(
             f"{name} works on {cfg.latent_channels}-channel latents but the prior's VAE has {latent_channels}"

@@ -10,6 +10,11 @@ The reference hard-codes 64x64 latents in its LayerNorm affine maps and its sigm
 parameters keep that reference shape (so checkpoints load) and are bilinearly resized to other latent
 sizes, normalising over the actual ``[C, H, W]``; at the reference size nothing is resized.
 
+``blur_kernel_scale=s`` (not in the published layout; 0 = off) makes the operator kernel-aware for blurs whose
+kernel changes per image (motion blur): ``b = latent_blur(z0, kernel, s)`` (the kernel pooled to the latent
+grid, :mod:`silo.operators.latent_blur`) is concatenated to the input, and with ``residual`` the output is
+``b + net([z0, b])``. Then ``forward`` needs the degradation's ``kernel``.
+
 ``residual=True`` (not in the published layout) predicts ``z0 + net(z0)``: most degradations move a latent
 only a little, and a short training run from scratch did not beat the identity map without it (silo-tiny,
 gaussian blur, 800 steps: L1 0.125 against the identity's 0.147; sr4: 0.139 against 0.118).
@@ -71,8 +76,11 @@ class CNNOperator(ModelMixin, ConfigMixin):
         sigma_hidden: int = 32,
         norm_size: int = 64,
         residual: bool = False,
+        blur_kernel_scale: int = 0,
     ):
         super().__init__()
+        if blur_kernel_scale < 0:
+            raise ValueError(f"blur_kernel_scale must be 0 (off) or the VAE's down-sampling factor, got {blur_kernel_scale}")
         extra = 1 if sigma_conditioned else 0
         n, chans = norm_size, list(channels)
         if sigma_conditioned:
@@ -80,7 +88,7 @@ class CNNOperator(ModelMixin, ConfigMixin):
                 nn.Linear(embedding_dim, sigma_hidden), nn.LeakyReLU(0.01), nn.Linear(sigma_hidden, n * n)
             )
         enc: list[nn.Module] = []
-        c_in = latent_channels + extra
+        c_in = latent_channels * (2 if blur_kernel_scale else 1) + extra
         for i, c in enumerate(chans):
             c_out = c + extra if i < len(chans) - 1 else c  # the reference widens all but the last by one
             enc += [nn.Conv2d(c_in, c_out, 3, padding=1), ResizableLayerNorm(c_out, n), nn.ReLU()]
@@ -107,16 +115,30 @@ class CNNOperator(ModelMixin, ConfigMixin):
         flat = self.sigma_condition_precondition(sigma_emb)
         return resize_map(flat.view(-1, 1, n, n), size)
 
-    def forward(self, z0: Tensor, sigma_emb: Tensor | None, mask: Tensor | None = None) -> Tensor:
-        """``H(z0)``: ``[B, C, h, w] -> [B, C, h, w]``; ``mask`` is accepted for a uniform call but unused."""
+    @property
+    def needs_blur_kernel(self) -> bool:
+        return bool(self.config.get("blur_kernel_scale", 0))
+
+    def forward(self, z0: Tensor, sigma_emb: Tensor | None, mask: Tensor | None = None,
+                kernel: Tensor | None = None) -> Tensor:
+        """``H(z0)``: ``[B, C, h, w] -> [B, C, h, w]``; ``mask`` is accepted for a uniform call but unused;
+        ``kernel`` (``k x k`` or ``B x k x k``, pixels) only for kernel-aware operators."""
+        base, inputs = z0, [z0]
+        if self.needs_blur_kernel:
+            if kernel is None:
+                raise SiloError("this CNN operator is kernel-aware: pass the degradation's blur kernel")
+            from silo.operators.latent_blur import latent_blur
+
+            base = latent_blur(z0, kernel, int(self.config.blur_kernel_scale))
+            inputs.append(base)
         if self.config.sigma_conditioned:
             if sigma_emb is None:
                 raise SiloError("this CNN operator is sigma-conditioned: pass the noise-level embedding")
             s = self.sigma_map(sigma_emb.to(z0.dtype), z0.shape[-2:]).expand(z0.shape[0], -1, -1, -1)
-            e = self.encoder(torch.cat([z0, s], 1))
+            e = self.encoder(torch.cat([*inputs, s], 1))
             skip = self.adjust_encoding(torch.cat([e, s], 1))
         else:
-            e = self.encoder(z0)
+            e = self.encoder(torch.cat(inputs, 1))
             skip = self.adjust_encoding(e)
         out = self.processing(self.decoder(e) + skip)
-        return z0 + out if self.config.residual else out
+        return base + out if self.config.residual else out

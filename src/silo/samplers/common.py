@@ -104,10 +104,17 @@ def apply_operator(
     features: list[Tensor] | None = None,
     mask: Tensor | None = None,
     size: tuple[int, int] | None = None,
+    kernel: Tensor | None = None,
 ) -> Tensor:
-    """``H(.)`` for any operator kind, with its noise-level conditioning (sigma on the [0, 1] scale)."""
+    """``H(.)`` for any operator kind, with its noise-level conditioning (sigma on the [0, 1] scale); ``kernel``
+    is the degradation's blur kernel, passed to kernel-aware operators only."""
     batch = z0_hat.shape[0] if z0_hat is not None else features[0].shape[0]
     use_mask = mask if getattr(operator.config, "mask_channel", False) else None
+    extra = {}
+    if getattr(operator, "needs_blur_kernel", False):
+        if kernel is None:
+            raise SiloError(f"{type(operator).__name__} is kernel-aware, but this task's degradation has no blur kernel")
+        extra["kernel"] = kernel
     if not getattr(operator, "uses_unet_sigma_embedding", True):
         level = torch.full((batch,), float(to_model_scale(sigma)), device=prior.device)
         return operator(z0_hat.float(), None, mask=use_mask, noise_level=level)
@@ -116,7 +123,7 @@ def apply_operator(
         sigma_emb = prior.sigma_embedding(sigma, batch).float()
     if getattr(operator, "needs_features", False):
         return operator([f.float() for f in features], sigma_emb, mask=use_mask, size=size)
-    return operator(z0_hat.float(), sigma_emb, mask=use_mask)
+    return operator(z0_hat.float(), sigma_emb, mask=use_mask, **extra)
 
 
 def check_finite(tensor: Tensor, step: int, what: str) -> None:

@@ -45,6 +45,10 @@ class Problem:
     def mask(self) -> Tensor | None:
         return self.degradation.mask(self.params)
 
+    @property
+    def blur_kernel(self) -> Tensor | None:
+        return self.degradation.blur_kernel(self.params)
+
     def generators(self, stream: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
         """Independent per-image generators for one named random stream."""
         return generators_for([(s * 1_000_003 + stream * 7_919 + 104_729) % (2**63) for s in self.seeds], device)

@@ -77,7 +77,8 @@ def silo(
                     if needs_features:
                         # with CFG the UNet ran on [uncond, cond]: the operator reads the conditional half
                         features = [f.chunk(2)[1] if cfg else f for f in collector.features]
-                    w_hat = apply_operator(operator, prior, z0_hat, problem.noise_sigma, features, mask, tuple(z.shape[-2:]))
+                    w_hat = apply_operator(operator, prior, z0_hat, problem.noise_sigma, features, mask, tuple(z.shape[-2:]),
+                                           problem.blur_kernel)
                     loss = guidance_loss(w, w_hat)
                     (grad,) = torch.autograd.grad(loss.sum(), z)
                 check_finite(grad, i, "the guidance gradient")

@@ -77,7 +77,8 @@ def silo_x0(
             seen = predict_x0(scheduler, cond, t, z) if cfg and settings.cfg_fix else z0_hat
             with torch.enable_grad():
                 z0_var = seen.detach().requires_grad_(True)
-                w_hat = apply_operator(operator, prior, z0_var, problem.noise_sigma, None, mask, tuple(z.shape[-2:]))
+                w_hat = apply_operator(operator, prior, z0_var, problem.noise_sigma, None, mask, tuple(z.shape[-2:]),
+                                           problem.blur_kernel)
                 loss = 0.5 * (w.float() - w_hat.float()).flatten(1).pow(2).sum(1)
                 (grad,) = torch.autograd.grad(loss.sum(), z0_var)
             check_finite(grad, i, "the guidance gradient")

@@ -68,6 +68,7 @@ class TrainOperatorConfig:
     num_workers: int = 0
     operator_config: dict[str, Any] = field(default_factory=dict)
     init_operator: str | None = None
+    kernel_aware: bool = False  # CNN only: the operator also reads the per-image blur kernel
     show_progress: bool = True
     cpu: bool = False  # force CPU even where a GPU is available
 
@@ -77,6 +78,8 @@ class TrainOperatorConfig:
             raise SiloError(f"--kind must be cnn or readout, got {self.kind!r}")
         if (self.task is None) == (self.degradation is None):
             raise SiloError("give exactly one of --task NAME_OR_YAML or --degradation module:callable")
+        if self.kernel_aware and self.kind != "cnn":
+            raise SiloError("--kernel-aware is for CNN operators (--kind cnn)")
         if self.loss not in ("l1", "l2"):
             raise SiloError(f"--loss must be l1 or l2, got {self.loss!r}")
         for name in ("max_steps", "batch_size", "crop_size", "validation_every", "checkpoint_every",
@@ -103,6 +106,7 @@ class Sample:
     size: tuple[int, int]
     sigma: float
     measurement: Tensor  # A(x) + n brought to image size, for the validation grid
+    kernel: Tensor | None = None  # the blur kernel(s), for kernel-aware operators
 
 
 class Objective:
@@ -112,6 +116,7 @@ class Objective:
                  clamp_target: bool = False, mask_channel: bool = False) -> None:
         self.prior, self.deg, self.kind = prior, degradation, kind
         self.sigma_max, self.loss_kind, self.clamp, self.mask_channel = sigma_max, loss, clamp_target, mask_channel
+        self.kernel_aware = False  # set once the operator is built
         self._context: dict[int, Tensor | None] = {}
 
     def context(self, batch: int) -> Tensor | None:
@@ -148,7 +153,7 @@ class Objective:
         inputs: Tensor | list[Tensor] = z
         if self.kind == "readout":
             inputs = self._features(z, rng)
-        return Sample(inputs, sigma_emb, target, mask, tuple(z.shape[-2:]), sigma, y_full)
+        return Sample(inputs, sigma_emb, target, mask, tuple(z.shape[-2:]), sigma, y_full, deg.blur_kernel(params))
 
     def _features(self, z: Tensor, rng: np.random.Generator) -> list[Tensor]:
         """``E(x)`` noised to a uniform timestep in [1, T-1]; the UNet's up-block ResNet outputs."""
@@ -166,6 +171,8 @@ class Objective:
     def predict(self, model: torch.nn.Module, s: Sample) -> Tensor:
         if self.kind == "readout":
             return model(s.inputs, s.sigma_emb, mask=s.mask, size=s.size)
+        if self.kernel_aware:
+            return model(s.inputs, s.sigma_emb, kernel=s.kernel)
         return model(s.inputs, s.sigma_emb)
 
     def loss(self, pred: Tensor, target: Tensor, per_image: bool = False) -> Tensor:
@@ -174,12 +181,14 @@ class Objective:
 
 
 # -- building the operator -------------------------------------------------------------------------
-FIXED_BY_PRIOR = {"latent_channels", "embedding_dim", "feature_channels", "mask_channel", "sigma_conditioned"}
+FIXED_BY_PRIOR = {"latent_channels", "embedding_dim", "feature_channels", "mask_channel", "sigma_conditioned",
+                  "blur_kernel_scale"}
 
 
 def build_operator(kind: str, prior, crop: int, mask_channel: bool, overrides: dict[str, Any],
-                   init: str | None = None) -> torch.nn.Module:
-    """A fresh operator sized for this prior (or ``init``'s weights, refused if made for another prior)."""
+                   init: str | None = None, kernel_aware: bool = False) -> torch.nn.Module:
+    """A fresh operator sized for this prior (or ``init``'s weights, refused if made for another prior or,
+    for ``kernel_aware``, another kernel awareness)."""
     from silo.operators import CNNOperator, ReadoutOperator, check_compatible, load_operator
     from silo.operators.features import feature_channels
 
@@ -188,7 +197,10 @@ def build_operator(kind: str, prior, crop: int, mask_channel: bool, overrides: d
         op = load_operator(init)
         if getattr(op, "kind", None) != kind:
             raise SiloError(f"--init-operator {init} is a {getattr(op, 'kind', type(op).__name__)} operator, not {kind}")
-        check_compatible(op, prior.latent_channels, prior.embedding_dim, features)
+        check_compatible(op, prior.latent_channels, prior.embedding_dim, features, prior.vae_scale)
+        if bool(getattr(op, "needs_blur_kernel", False)) != kernel_aware:
+            raise SiloError(f"--init-operator {init}: kernel-aware {getattr(op, 'needs_blur_kernel', False)}, "
+                            f"this run {'is' if kernel_aware else 'is not'} (--kernel-aware)")
         if kind == "readout" and bool(op.config.mask_channel) != mask_channel:
             raise SiloError(f"--init-operator {init}: mask channel {op.config.mask_channel}, this task needs {mask_channel}")
         return op.train().requires_grad_(True)
@@ -202,6 +214,8 @@ def build_operator(kind: str, prior, crop: int, mask_channel: bool, overrides: d
                 norm_size=max(1, crop // prior.vae_scale))
     if kind == "readout":
         base.update(feature_channels=features, mask_channel=mask_channel)
+    if kernel_aware:
+        base.update(blur_kernel_scale=prior.vae_scale)
     try:
         return cls(**{**base, **overrides}).train()
     except (TypeError, ValueError, RuntimeError) as err:
@@ -297,7 +311,12 @@ class OperatorTrainer:
         from accelerate.utils import set_seed
 
         set_seed(cfg.seed)  # the operator's initial weights
-        model = build_operator(cfg.kind, self.prior, cfg.crop_size, mask_channel, cfg.operator_config, cfg.init_operator)
+        if cfg.kernel_aware and not self.degradation.has_blur_kernel:
+            what = f"task {self.task.name}" if self.task is not None else f"degradation {cfg.degradation}"
+            raise SiloError(f"--kernel-aware needs a blur task; the {what} has no blur kernel")
+        model = build_operator(cfg.kind, self.prior, cfg.crop_size, mask_channel, cfg.operator_config, cfg.init_operator,
+                               cfg.kernel_aware)
+        self.objective.kernel_aware = cfg.kernel_aware
         if cfg.kind == "readout":  # the timestep embedding is unused by SILO (and would stall DDP)
             for block in model.bottleneck_layers:
                 block.emb_layers.requires_grad_(False)
