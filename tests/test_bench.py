@@ -31,6 +31,9 @@ def test_quick_bench_writes_valid_json(tmp_path, capsys):
         assert m["seconds_per_step"] > 0 and len(m["step_seconds"]) == 2, name
         assert m["peak_memory_bytes"] > 0 and m["ratio_to_unet_forward"] > 0
     assert run["methods"]["ldps"]["ratio_to_ldps"] == 1.0
+    assert 0 < data["runtime_memory_bytes"] == run["runtime_memory_bytes"] < run["methods"]["ldps"]["peak_memory_bytes"]
+    assert run["methods"]["ldps"]["model_memory_bytes"] == (run["methods"]["ldps"]["peak_memory_bytes"]
+                                                             - data["runtime_memory_bytes"])
     assert data["targets"] == []  # targets concern SD 1.5 at 512 px only
     assert "silo_cnn" in capsys.readouterr().out
     assert main(["bench", "--quick", "--output", str(out)]) == 2  # never overwritten
@@ -40,14 +43,19 @@ def test_ratios_and_targets():
     run = {"prior": "sd15", "size": 512, "dtype": "float32",
            "reference": {"unet_forward": {"seconds": 10.0}, "unet_forward_backward": {"seconds": 20.0}},
            "methods": {"ldps": {"seconds_per_step": 80.0, "peak_memory_bytes": 12},
-                       "silo_cnn": {"seconds_per_step": 21.0, "peak_memory_bytes": 5},
+                       "silo_cnn": {"seconds_per_step": 21.0, "peak_memory_bytes": 7},
                        "silo_x0": {"seconds_per_step": 11.0, "peak_memory_bytes": 4},
-                       "psld": {"error": "out of memory"}}}
+                       "psld": {"error": "out of memory"}},
+           "runtime_memory_bytes": 2}
     add_ratios(run)
-    assert run["methods"]["silo_cnn"]["ratio_to_ldps"] == pytest.approx(21 / 80)
+    silo_cnn = run["methods"]["silo_cnn"]
+    assert silo_cnn["ratio_to_ldps"] == pytest.approx(21 / 80)
     assert run["methods"]["silo_x0"]["ratio_to_unet_forward"] == pytest.approx(1.1)
+    assert silo_cnn["peak_memory_ratio_to_ldps"] == pytest.approx(7 / 12)
+    assert (silo_cnn["model_memory_bytes"], silo_cnn["model_memory_ratio_to_ldps"]) == (5, pytest.approx(5 / 10))
     results = {t["target"]: t["passed"] for t in check_targets([run])}
-    assert list(results.values()) == [False, True, True, True]  # 21/80 > 1/4: not 4x faster
+    # 21/80 > 1/4: not 4x faster; 7/12 of the process peak, but 5/10 without the runtime both share
+    assert list(results.values()) == [False, True, False, True, True]
     assert check_targets([{**run, "size": 256}]) == []
 
 

@@ -9,7 +9,8 @@ HELP = "time one sampling step and measure peak memory of every method (SILO, x0
 DESCRIPTION = """Measure, for each prior, image size and dtype: the UNet forward, forward+backward, decoder
 forward and forward+backward, then one sampling step of every method (SILO with a CNN and with a readout
 operator, x0-space SILO, Latent-DPS, PSLD) through the real samplers on an sr4 problem, batch 1. Reports
-the median step time after warm-up, peak memory (CUDA max allocated, or peak resident set on a CPU), and
+the median step time after warm-up, peak memory (CUDA max allocated, or peak resident set on a CPU, also
+given less the resident set of the bare runtime measured before any model is built), and
 each method's ratio to Latent-DPS and to one UNet forward from the same run, then checks the targets
 (SD 1.5, 512 px, float32). Writes JSON.
 
@@ -114,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name:13s} {m['seconds_per_step']:.4g} s/step  {m['ratio_to_unet_forward']:.2f}x UNet fwd  "
                   f"{to_ldps}  peak {peak / 2**30 if peak else float('nan'):.2f} GiB"
                   + (f" (+{m['extra_memory_bytes'] / 2**30:.2f} over the loaded models)"
-                     if m.get("extra_memory_bytes") is not None else ""))
+                     if m.get("extra_memory_bytes") is not None else "")
+                  + (f", {m['model_memory_bytes'] / 2**30:.2f} GiB without the runtime"
+                     if m.get("model_memory_bytes") and run_.get("runtime_memory_bytes") else ""))
     for t in result["targets"]:
         state = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
         print(f"target {state}: {t['target']} (value {t['value']}, limit {t['limit']})")
