@@ -50,12 +50,19 @@ silo build-data --output "$RUNS/data" --patches 4000 --patch-size 128
 for kind in $KINDS; do
   for task in $TASKS; do
     out=$RUNS/operators/$task-$kind
-    [ -f "$out/model_card.json" ] && continue
-    extra=()
+    extra=() aware=0
     if [ "$kind" = cnn ]; then steps=$OP_STEPS lr=$OP_LR_CNN arch=$OP_CNN_CONFIG
     else steps=$OP_STEPS_READOUT lr=$OP_LR_READOUT arch='{}'; fi
     if [ "$kind" = cnn ] && [[ " $KERNEL_AWARE_TASKS " == *" $task "* ]]; then
-      extra=(--kernel-aware) steps=$OP_STEPS_KERNEL_AWARE
+      extra=(--kernel-aware) steps=$OP_STEPS_KERNEL_AWARE aware=4
+    fi
+    if [ -f "$out/model_card.json" ]; then
+      have=$(python -c "import json,sys; print(json.load(open(sys.argv[1])).get('blur_kernel_scale', 0))" "$out/config.json")
+      if [ "$(( have > 0 ))" != "$(( aware > 0 ))" ]; then
+        echo "$out holds an operator with blur_kernel_scale $have; this recipe wants it kernel-aware=$(( aware > 0 )): move it away" >&2
+        exit 1
+      fi
+      continue
     fi
     silo train-operator "${extra[@]}" --prior "$PRIOR" --task "$task" --kind "$kind" --data "$RUNS/data/patches-128" \
       --crop-size "$OP_CROP" --batch-size "$OP_BATCH" --max-steps "$steps" --lr "$lr" --operator-config "$arch" --output "$out" --resume-from-checkpoint latest \

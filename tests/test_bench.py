@@ -46,7 +46,7 @@ def test_ratios_and_targets():
                        "silo_cnn": {"seconds_per_step": 21.0, "peak_memory_bytes": 7},
                        "silo_x0": {"seconds_per_step": 11.0, "peak_memory_bytes": 4},
                        "psld": {"error": "out of memory"}},
-           "runtime_memory_bytes": 2}
+           "runtime_memory_bytes": 2, "runtime_memory_kind": "cpu_rss_before_models"}
     add_ratios(run)
     silo_cnn = run["methods"]["silo_cnn"]
     assert silo_cnn["ratio_to_ldps"] == pytest.approx(21 / 80)
@@ -57,6 +57,11 @@ def test_ratios_and_targets():
     # 21/80 > 1/4: not 4x faster; 7/12 of the process peak, but 5/10 without the runtime both share
     assert list(results.values()) == [False, True, False, True, True]
     assert check_targets([{**run, "size": 256}]) == []
+    cuda = {**run, "methods": {k: dict(v) for k, v in run["methods"].items()}, "runtime_memory_bytes": 0,
+            "runtime_memory_kind": "none: CUDA's counter holds tensors only"}
+    add_ratios(cuda)  # no CPU baseline: no second memory figure, and its target is not checked
+    assert cuda["methods"]["silo_cnn"]["model_memory_ratio_to_ldps"] is None
+    assert [t["passed"] for t in check_targets([cuda])] == [False, True, False, None, True]
 
 
 def test_sd15_architecture_matches_the_published_parameter_counts():

@@ -33,6 +33,8 @@ def models(tmp_path_factory):
     ReadoutOperator(**small, **readout).save_pretrained(root / "readout")
     ReadoutOperator(**small, **readout, mask_channel=True).save_pretrained(root / "readout-mask")
     CNNOperator(latent_channels=8, embedding_dim=prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=16).save_pretrained(root / "cnn-8ch")
+    CNNOperator(**small, channels=(8, 8, 8, 8), norm_size=16, residual=True,
+                blur_kernel_scale=prior.vae_scale).save_pretrained(root / "cnn-kernel")
     nan = CNNOperator(**small, channels=(8, 8, 8, 8), norm_size=16)
     with torch.no_grad():
         nan.processing[-1].bias.fill_(float("nan"))
@@ -130,6 +132,26 @@ def test_measurement_mode_blur_with_known_kernel(models, photos, tmp_path):
     k[4, 2:7] = 1
     np.save(kernel, k)
     assert run(models, str(photos / "photo0.png"), "--task", "motion_blur", "--kernel", str(kernel), "--output-dir", str(tmp_path / "o")) == 0
+
+
+def test_kernel_aware_operator_reads_the_given_kernel(models, photos, tmp_path):
+    """With --kernel the kernel reaches a kernel-aware operator (the restoration changes with it), while a
+    plain operator's guidance does not depend on it (same measurement, same result)."""
+    kernels = []
+    for i, row in enumerate((4, 2)):
+        k = np.zeros((9, 9))
+        k[row, 2:7] = 1
+        kernels.append(tmp_path / f"k{i}.npy")
+        np.save(kernels[-1], k)
+    for operator, differs in (("cnn", False), ("cnn-kernel", True)):
+        images = []
+        for i, kernel in enumerate(kernels):
+            out = tmp_path / f"{operator}-{i}"
+            assert run(models, str(photos / "photo0.png"), "--task", "motion_blur", "--kernel", str(kernel),
+                       "--output-dir", str(out), "--seed", "3", operator=operator) == 0
+            (png,) = [p for p in out.rglob("*.png") if "grid" not in p.name]
+            images.append(np.asarray(Image.open(png)))
+        assert (not np.array_equal(*images)) == differs, operator
 
 
 def _save_bad_inputs(folder: Path) -> dict[str, Path]:

@@ -160,6 +160,15 @@ def test_resume_and_init_refuse_other_configurations(files, tmp_path):
     with pytest.raises(SiloError, match="another configuration: loss was 'l1', now 'l2'"):
         OperatorTrainer(config(files, tmp_path / "b", max_steps=4, validation_images=0, loss="l2",
                                resume_from_checkpoint="latest")).setup().resume()
+    # a checkpoint written before --kernel-aware existed (no such keys) resumes as a plain CNN run
+    from silo.training.operator import STATE_FILE, list_checkpoints
+
+    (ckpt,) = list_checkpoints(tmp_path / "b" / "checkpoints")
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    assert state["config"].pop("kernel_aware") is False and state["config"]["operator"].pop("blur_kernel_scale") == 0
+    (ckpt / STATE_FILE).write_text(json.dumps(state))
+    assert OperatorTrainer(config(files, tmp_path / "b", max_steps=4, validation_images=0,
+                                  resume_from_checkpoint="latest")).setup().resume().step == 2
     CNNOperator(latent_channels=8, embedding_dim=64, channels=(8, 8, 8, 8)).save_pretrained(tmp_path / "other")
     with pytest.raises(SiloError, match="8-channel latents but the prior's VAE has 4"):
         OperatorTrainer(config(files, tmp_path / "c", init_operator=str(tmp_path / "other"))).setup()
@@ -178,6 +187,9 @@ def test_kernel_aware_operator_trains_on_motion_blur(files, tmp_path):
         OperatorTrainer(config(files, tmp_path / "x", kernel_aware=True)).setup()
     with pytest.raises(SiloError, match="--kernel-aware is for CNN operators"):
         OperatorTrainer(config(files, tmp_path / "y", kind="readout", kernel_aware=True)).setup()
+    with pytest.raises(SiloError, match="kernel_aware was True, now False"):
+        OperatorTrainer(config(files, tmp_path / "ka", task="motion_blur", max_steps=12,
+                               resume_from_checkpoint="latest")).setup().resume()
     with pytest.raises(SiloError, match="kernel-aware True, this run is not"):
         OperatorTrainer(config(files, tmp_path / "z", task="motion_blur", init_operator=str(tmp_path / "ka"))).setup()
 

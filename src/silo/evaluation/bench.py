@@ -254,18 +254,19 @@ def add_ratios(run: dict[str, Any]) -> None:
         peak, ldps_peak = entry.get("peak_memory_bytes"), ldps.get("peak_memory_bytes")
         entry["peak_memory_ratio_to_ldps"] = peak / ldps_peak if peak and ldps_peak else None
         # the peak without the bare runtime (interpreter, libraries): the models and tensors, as CUDA counts them
-        runtime = run.get("runtime_memory_bytes") or 0
+        # (only where a CPU baseline was measured: on CUDA the peak already counts tensors alone)
+        runtime = run.get("runtime_memory_bytes") if run.get("runtime_memory_kind") == "cpu_rss_before_models" else None
         model, ldps_model = _minus(peak, runtime), _minus(ldps_peak, runtime)
         entry["model_memory_bytes"] = model
-        entry["model_memory_ratio_to_ldps"] = model / ldps_model if model and ldps_model else None
+        entry["model_memory_ratio_to_ldps"] = model / ldps_model if model and ldps_model and model > 0 and ldps_model > 0 else None
         # what the step adds on top of the loaded models (the peak includes the weights)
         extra, ldps_extra = _extra_memory(entry), _extra_memory(ldps)
         entry["extra_memory_bytes"] = extra
         entry["extra_memory_ratio_to_ldps"] = extra / ldps_extra if extra and ldps_extra else None
 
 
-def _minus(value: int | None, base: int) -> int | None:
-    return value - base if value is not None else None
+def _minus(value: int | None, base: int | None) -> int | None:
+    return value - base if value is not None and base is not None else None
 
 
 def runtime_memory(device: torch.device) -> dict[str, Any]:
@@ -345,7 +346,8 @@ def run_bench(priors: list[str], sizes: list[int], dtypes: list[str], methods: l
             for size in sizes:
                 run: dict[str, Any] = {"prior": name, "prior_note": bp.note, "prior_info": base.describe(),
                                        "size": size, "dtype": dtype, "reference": {}, "methods": {},
-                                       "runtime_memory_bytes": result["runtime_memory_bytes"]}
+                                       "runtime_memory_bytes": result["runtime_memory_bytes"],
+                                       "runtime_memory_kind": result["runtime_memory_kind"]}
                 result["runs"].append(run)
                 try:
                     if why:

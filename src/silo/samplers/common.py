@@ -113,7 +113,8 @@ def apply_operator(
     extra = {}
     if getattr(operator, "needs_blur_kernel", False):
         if kernel is None:
-            raise SiloError(f"{type(operator).__name__} is kernel-aware, but this task's degradation has no blur kernel")
+            raise SiloError(f"{type(operator).__name__} is kernel-aware, but this problem has no blur kernel "
+                            f"(a blur task with --kernel, or a seeded random kernel)")
         extra["kernel"] = kernel
     if not getattr(operator, "uses_unet_sigma_embedding", True):
         level = torch.full((batch,), float(to_model_scale(sigma)), device=prior.device)

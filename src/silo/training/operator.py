@@ -33,6 +33,10 @@ LR = {"cnn": 1e-4, "readout": 2e-4}
 STATE_FILE = "silo_train_state.json"
 CARD_FILE = "model_card.json"
 #: settings that may change between a checkpoint and its resumption (all others must match)
+#: identity keys added after checkpoints were first written, with the value an older checkpoint implies
+ADDED_LATER = {"kernel_aware": False}
+ADDED_LATER_OPERATOR = {"blur_kernel_scale": 0}
+
 RESUMABLE = {"max_steps", "validation_every", "checkpoint_every", "checkpoints_total_limit", "resume_from_checkpoint",
              "mixed_precision", "prior_dtype", "report_to", "num_workers", "show_progress", "output", "init_operator", "cpu"}
 
@@ -208,8 +212,9 @@ def build_operator(kind: str, prior, crop: int, mask_channel: bool, overrides: d
     allowed = set(_init_keys(cls))
     bad = set(overrides) - (allowed - FIXED_BY_PRIOR)
     if bad:
+        hint = " (blur_kernel_scale: use --kernel-aware)" if "blur_kernel_scale" in bad else ""
         raise SiloError(f"--operator-config: unknown or prior-fixed keys {sorted(bad)} for a {kind} operator "
-                        f"(allowed: {', '.join(sorted(allowed - FIXED_BY_PRIOR))})")
+                        f"(allowed: {', '.join(sorted(allowed - FIXED_BY_PRIOR))}){hint}")
     base = dict(latent_channels=prior.latent_channels, embedding_dim=prior.embedding_dim,
                 norm_size=max(1, crop // prior.vae_scale))
     if kind == "readout":
@@ -400,7 +405,9 @@ class OperatorTrainer:
                 print(f"no checkpoint in {self.out / 'checkpoints'} yet: starting a new run")
             return self
         state = json.loads((path / STATE_FILE).read_text())
-        old = state.get("config", {})
+        old = {**ADDED_LATER, **state.get("config", {})}
+        if old.get("kind") == "cnn" and isinstance(old.get("operator"), dict):
+            old["operator"] = {**ADDED_LATER_OPERATOR, **old["operator"]}
         for key in sorted(set(old) | set(self.identity)):
             if old.get(key) != self.identity.get(key):
                 raise SiloError(f"checkpoint {path} is from another configuration: {key} was {old.get(key)!r}, "
