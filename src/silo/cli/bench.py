@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                   + (f" (+{m['extra_memory_bytes'] / 2**30:.2f} over the loaded models)"
                      if m.get("extra_memory_bytes") is not None else "")
                   + (f", {m['model_memory_bytes'] / 2**30:.2f} GiB without the runtime"
-                     if m.get("model_memory_bytes") and run_.get("runtime_memory_bytes") else ""))
+                     if m.get("model_memory_bytes") is not None else ""))
     for t in result["targets"]:
         state = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
         print(f"target {state}: {t['target']} (value {t['value']}, limit {t['limit']})")

@@ -258,7 +258,7 @@ def add_ratios(run: dict[str, Any]) -> None:
         runtime = run.get("runtime_memory_bytes") if run.get("runtime_memory_kind") == "cpu_rss_before_models" else None
         model, ldps_model = _minus(peak, runtime), _minus(ldps_peak, runtime)
         entry["model_memory_bytes"] = model
-        entry["model_memory_ratio_to_ldps"] = model / ldps_model if model and ldps_model and model > 0 and ldps_model > 0 else None
+        entry["model_memory_ratio_to_ldps"] = model / ldps_model if (model or 0) > 0 and (ldps_model or 0) > 0 else None
         # what the step adds on top of the loaded models (the peak includes the weights)
         extra, ldps_extra = _extra_memory(entry), _extra_memory(ldps)
         entry["extra_memory_bytes"] = extra
@@ -272,8 +272,7 @@ def _minus(value: int | None, base: int | None) -> int | None:
 def runtime_memory(device: torch.device) -> dict[str, Any]:
     """What the process holds before any model is built: on a CPU the resident set of the interpreter and
     the libraries (imported first); on CUDA nothing, since ``max_memory_allocated`` counts tensors only."""
-    import diffusers  # noqa: F401  (the libraries every method runs on count as runtime)
-    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401  (the libraries every method runs on)
 
     from silo.evaluation.memory import current_rss
 

@@ -31,6 +31,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from silo.errors import SiloError
+from silo.operators.latent_blur import latent_blur
 
 
 def resize_map(t: Tensor, size: Sequence[int]) -> Tensor:
@@ -127,8 +128,6 @@ class CNNOperator(ModelMixin, ConfigMixin):
         if self.needs_blur_kernel:
             if kernel is None:
                 raise SiloError("this CNN operator is kernel-aware: pass the degradation's blur kernel")
-            from silo.operators.latent_blur import latent_blur
-
             base = latent_blur(z0, kernel, int(self.config.blur_kernel_scale))
             inputs.append(base)
         if self.config.sigma_conditioned:

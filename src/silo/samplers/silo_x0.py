@@ -78,7 +78,7 @@ def silo_x0(
             with torch.enable_grad():
                 z0_var = seen.detach().requires_grad_(True)
                 w_hat = apply_operator(operator, prior, z0_var, problem.noise_sigma, None, mask, tuple(z.shape[-2:]),
-                                           problem.blur_kernel)
+                                       problem.blur_kernel)
                 loss = 0.5 * (w.float() - w_hat.float()).flatten(1).pow(2).sum(1)
                 (grad,) = torch.autograd.grad(loss.sum(), z0_var)
             check_finite(grad, i, "the guidance gradient")

@@ -32,11 +32,10 @@ SIGMA_MAX = {"cnn": 0.02, "readout": 0.05}
 LR = {"cnn": 1e-4, "readout": 2e-4}
 STATE_FILE = "silo_train_state.json"
 CARD_FILE = "model_card.json"
-#: settings that may change between a checkpoint and its resumption (all others must match)
 #: identity keys added after checkpoints were first written, with the value an older checkpoint implies
 ADDED_LATER = {"kernel_aware": False}
 ADDED_LATER_OPERATOR = {"blur_kernel_scale": 0}
-
+#: settings that may change between a checkpoint and its resumption (all others must match)
 RESUMABLE = {"max_steps", "validation_every", "checkpoint_every", "checkpoints_total_limit", "resume_from_checkpoint",
              "mixed_precision", "prior_dtype", "report_to", "num_workers", "show_progress", "output", "init_operator", "cpu"}
 
@@ -117,10 +116,10 @@ class Objective:
     """Builds ``(H's input, E(A(x) + n))`` for a batch from per-image seeded draws, and the loss."""
 
     def __init__(self, prior, degradation: Degradation, kind: str, sigma_max: float, loss: str = "l1",
-                 clamp_target: bool = False, mask_channel: bool = False) -> None:
+                 clamp_target: bool = False, mask_channel: bool = False, kernel_aware: bool = False) -> None:
         self.prior, self.deg, self.kind = prior, degradation, kind
         self.sigma_max, self.loss_kind, self.clamp, self.mask_channel = sigma_max, loss, clamp_target, mask_channel
-        self.kernel_aware = False  # set once the operator is built
+        self.kernel_aware = kernel_aware  # pass each batch's blur kernel to the operator
         self._context: dict[int, Tensor | None] = {}
 
     def context(self, batch: int) -> Tensor | None:
@@ -312,16 +311,16 @@ class OperatorTrainer:
 
         mask_channel = cfg.kind == "readout" and isinstance(self.degradation, Inpainting) and self.degradation.box == "random"
         self.sigma_max = SIGMA_MAX[cfg.kind] if cfg.noise_sigma_max is None else float(cfg.noise_sigma_max)
-        self.objective = Objective(self.prior, self.degradation, cfg.kind, self.sigma_max, cfg.loss, cfg.clamp_target, mask_channel)
-        from accelerate.utils import set_seed
-
-        set_seed(cfg.seed)  # the operator's initial weights
         if cfg.kernel_aware and not self.degradation.has_blur_kernel:
             what = f"task {self.task.name}" if self.task is not None else f"degradation {cfg.degradation}"
             raise SiloError(f"--kernel-aware needs a blur task; the {what} has no blur kernel")
+        self.objective = Objective(self.prior, self.degradation, cfg.kind, self.sigma_max, cfg.loss, cfg.clamp_target,
+                                   mask_channel, cfg.kernel_aware)
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)  # the operator's initial weights
         model = build_operator(cfg.kind, self.prior, cfg.crop_size, mask_channel, cfg.operator_config, cfg.init_operator,
                                cfg.kernel_aware)
-        self.objective.kernel_aware = cfg.kernel_aware
         if cfg.kind == "readout":  # the timestep embedding is unused by SILO (and would stall DDP)
             for block in model.bottleneck_layers:
                 block.emb_layers.requires_grad_(False)
