@@ -1,13 +1,16 @@
 """`silo bench`: the quick run writes valid JSON with every method and reference cost; ratios and target
 checks; the SD 1.5 architecture matches its published parameter counts. The full SD 1.5 bench is `slow`."""
 
+import gc
 import json
+import time
 
 import pytest
 import torch
 
 from silo.cli import main
-from silo.evaluation.bench import METHODS, REFERENCE_OPS, add_ratios, check_targets
+from silo.evaluation.bench import METHODS, PAIRED_REFERENCE, REFERENCE_OPS, add_ratios, check_targets
+from silo.evaluation.memory import PeakMemory
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,7 +33,11 @@ def test_quick_bench_writes_valid_json(tmp_path, capsys):
     for name, m in run["methods"].items():
         assert m["seconds_per_step"] > 0 and len(m["step_seconds"]) == 2, name
         assert m["peak_memory_bytes"] > 0 and m["ratio_to_unet_forward"] > 0
-    assert run["methods"]["ldps"]["ratio_to_ldps"] == 1.0
+        pair = m["paired_reference"]  # the reference op ran once after every step
+        assert pair["op"] == PAIRED_REFERENCE[name] and len(pair["all_seconds"]) == 2 and pair["seconds"] > 0
+        assert m["ratio_to_paired_reference"] == pytest.approx(m["step_seconds"][1] / pair["all_seconds"][1])
+    assert run["methods"]["ldps"]["ratio_to_ldps"] == 1.0 and run["methods"]["ldps"]["paired_ratio_to_ldps"] == 1.0
+    assert run["methods"]["silo_x0"]["paired_ratio_to_ldps"] is None  # paired with another op than LDPS
     assert 0 < data["runtime_memory_bytes"] == run["runtime_memory_bytes"] < run["methods"]["ldps"]["peak_memory_bytes"]
     assert run["methods"]["ldps"]["model_memory_bytes"] == (run["methods"]["ldps"]["peak_memory_bytes"]
                                                              - data["runtime_memory_bytes"])
@@ -57,11 +64,37 @@ def test_ratios_and_targets():
     # 21/80 > 1/4: not 4x faster; 7/12 of the process peak, but 5/10 without the runtime both share
     assert list(results.values()) == [False, True, False, True, True]
     assert check_targets([{**run, "size": 256}]) == []
+    # paired with a reference run between its own steps: these ratios win over the drifting reference block
+    paired = {**run, "methods": {k: dict(v) for k, v in run["methods"].items()}}
+    for name, ratio in (("silo_cnn", 1.05), ("ldps", 4.5)):
+        paired["methods"][name].update(paired_reference={"op": "unet_forward_backward"}, ratio_to_paired_reference=ratio)
+    paired["methods"]["silo_x0"].update(paired_reference={"op": "unet_forward"}, ratio_to_paired_reference=1.2)
+    add_ratios(paired)
+    assert paired["methods"]["silo_cnn"]["paired_ratio_to_ldps"] == pytest.approx(1.05 / 4.5)
+    targets = check_targets([paired])
+    assert [t["value"] for t in targets][:2] == [pytest.approx(1.05 / 4.5), 1.05] and targets[4]["value"] == 1.2
+    assert [t["passed"] for t in targets] == [True, True, False, True, False]
     cuda = {**run, "methods": {k: dict(v) for k, v in run["methods"].items()}, "runtime_memory_bytes": 0,
             "runtime_memory_kind": "none: CUDA's counter holds tensors only"}
     add_ratios(cuda)  # no CPU baseline: no second memory figure, and its target is not checked
     assert cuda["methods"]["silo_cnn"]["model_memory_ratio_to_ldps"] is None
     assert [t["passed"] for t in check_targets([cuda])] == [False, True, False, None, True]
+
+
+def test_peak_memory_leaves_out_a_paused_block():
+    """What runs inside ``paused()`` (a reference op timed beside a method) is not the method's peak."""
+    with PeakMemory("cpu", interval=0.001) as mem:
+        with mem.paused():
+            big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+            time.sleep(0.05)
+            del big
+        gc.collect()
+    paused_peak = mem.peak - mem.start
+    with PeakMemory("cpu", interval=0.001) as mem:
+        big = torch.ones(64 * 2**20 // 4)
+        time.sleep(0.05)
+        del big
+    assert mem.peak - mem.start > 48 * 2**20 > paused_peak
 
 
 def test_sd15_architecture_matches_the_published_parameter_counts():

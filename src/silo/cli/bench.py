@@ -9,7 +9,9 @@ HELP = "time one sampling step and measure peak memory of every method (SILO, x0
 DESCRIPTION = """Measure, for each prior, image size and dtype: the UNet forward, forward+backward, decoder
 forward and forward+backward, then one sampling step of every method (SILO with a CNN and with a readout
 operator, x0-space SILO, Latent-DPS, PSLD) through the real samplers on an sr4 problem, batch 1. Reports
-the median step time after warm-up, peak memory (CUDA max allocated, or peak resident set on a CPU, also
+the median step time after warm-up (each step also against a UNet forward+backward, or forward for
+x0-space SILO, run between the method's own steps, so that drift between blocks cannot move the ratios),
+peak memory (CUDA max allocated, or peak resident set on a CPU, also
 given less the resident set of the bare runtime measured before any model is built), and
 each method's ratio to Latent-DPS and to one UNet forward from the same run, then checks the targets
 (SD 1.5, 512 px, float32). Writes JSON.
@@ -111,9 +113,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {name:13s} error: {m['error']}")
                 continue
             to_ldps = f"{m['ratio_to_ldps']:.2f}x LDPS" if m.get("ratio_to_ldps") else "LDPS n/a"
+            pair = m.get("paired_reference")
+            paired = (f" (paired: {m['ratio_to_paired_reference']:.2f}x {pair['op'].replace('_', ' ')} run between its "
+                      f"steps" + (f", {m['paired_ratio_to_ldps']:.2f}x LDPS" if m.get("paired_ratio_to_ldps") else "")
+                      + ")") if pair else ""
             peak = m.get("peak_memory_bytes")
             print(f"  {name:13s} {m['seconds_per_step']:.4g} s/step  {m['ratio_to_unet_forward']:.2f}x UNet fwd  "
-                  f"{to_ldps}  peak {peak / 2**30 if peak else float('nan'):.2f} GiB"
+                  f"{to_ldps}{paired}  peak {peak / 2**30 if peak else float('nan'):.2f} GiB"
                   + (f" (+{m['extra_memory_bytes'] / 2**30:.2f} over the loaded models)"
                      if m.get("extra_memory_bytes") is not None else "")
                   + (f", {m['model_memory_bytes'] / 2**30:.2f} GiB without the runtime"

@@ -8,6 +8,7 @@ resettable peak (``ru_maxrss`` only grows), so a background thread samples the c
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -63,6 +64,9 @@ class PeakMemory:
         self.peak: int | None = None
         self.start: int | None = None
         self._stop = threading.Event()
+        self._paused = False
+        self._lock = threading.Lock()  # no sample lands once a pause has begun
+        self._cuda_floor = 0  # CUDA: the peak before a paused block reset the counter
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "PeakMemory":
@@ -80,22 +84,47 @@ class PeakMemory:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            rss = current_rss()
-            if rss is not None and (self.peak is None or rss > self.peak):
-                self.peak = rss
+            with self._lock:
+                if not self._paused:
+                    self._sample()
             time.sleep(self.interval)
+
+    def _sample(self) -> None:
+        rss = current_rss()
+        if rss is not None and (self.peak is None or rss > self.peak):
+            self.peak = rss
+
+    @contextlib.contextmanager
+    def paused(self):
+        """A block whose memory does not count towards the peak (a reference op timed beside the work)."""
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            before = torch.cuda.max_memory_allocated(self.device)
+            try:
+                yield
+            finally:
+                synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                self._cuda_floor = max(self._cuda_floor, before)
+            return
+        with self._lock:
+            self._sample()
+            self._paused = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused = False
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak = max(torch.cuda.max_memory_allocated(self.device), self._cuda_floor)
         else:
             self._stop.set()
             if self._thread is not None:
                 self._thread.join()
-            rss = current_rss()
-            if rss is not None and (self.peak is None or rss > self.peak):
-                self.peak = rss
+            self._sample()
 
     @property
     def kind(self) -> str:
