@@ -259,3 +259,19 @@ def test_baselines_alone_start_where_they_would_beside_silo(tmp_path):
     assert card_source(alone, "sr4", loaded) == str(tmp_path / "op")
     other_prior = parse("--methods", "ldps", "--prior", str(tmp_path))  # silo-tiny's cards do not apply to it
     assert card_source(other_prior, "sr4", {}) is None
+
+
+def test_param_draws_measure_each_image_under_several_kernels(setup, tmp_path, capsys):
+    """--param-draws 3: every image three times, named NAME, NAME-draw1, NAME-draw2, each under its own motion
+    kernel (so the naive PSNR differs between draws of one image); K < 1 is refused."""
+    args = argv(setup, tmp_path, "--param-draws", "3")
+    args[args.index("--methods") + 1] = "naive"
+    args[args.index("--tasks") + 1] = "motion_blur"
+    assert main(args) == 0
+    logs = {p.name.split("_motion_blur")[0]: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
+    assert sorted(logs) == ["img0", "img0-draw1", "img0-draw2", "img1", "img1-draw1", "img1-draw2"]
+    psnrs = [logs[n]["metrics"]["psnr"] for n in ("img0", "img0-draw1", "img0-draw2")]
+    assert len({round(v, 6) for v in psnrs}) == 3
+    assert rows(tmp_path)[("motion_blur", "naive")]["n"] == 6
+    assert main(argv(setup, tmp_path / "bad", "--param-draws", "0")) == 2
+    assert "--param-draws must be at least 1" in capsys.readouterr().err

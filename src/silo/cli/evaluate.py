@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--convert-rgb", action="store_true", help="convert greyscale/RGBA/16-bit/CMYK inputs to RGB")
     src.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger images")
     src.add_argument("--pad", action="store_true", help="pad images to a size the prior takes and crop back")
+    src.add_argument("--param-draws", type=int, default=1, metavar="K",
+                     help="evaluate every image under K draws of the degradation's random parameters (motion kernel, "
+                          "inpainting mask or box): K-1 copies named NAME-drawJ, each with its own parameter seed")
 
     cmp = p.add_argument_group("what to compare")
     cmp.add_argument("--tasks", default="sr4", help="comma-separated task names or .yaml files (see `silo tasks`)")

@@ -64,11 +64,28 @@ def collect_items(args: argparse.Namespace) -> list:
         items += photo_items(args.photos, args.photo_count, args.photo_size)
     if not items:
         raise SiloError("nothing to evaluate: give image files or folders, --dataset, --example or --photos heldout")
+    items = with_param_draws(items, getattr(args, "param_draws", 1))
     names = [i.name for i in items]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SiloError(f"several inputs share the name(s) {dupes[:5]}; their logs would collide")
     return items
+
+
+def with_param_draws(items: list, draws: int) -> list:
+    """Each item, then ``draws - 1`` copies named ``NAME-drawJ``: a copy's name gives it its own seed for the
+    degradation's random parameters (``Item.param_seed``), so one image is measured under several motion
+    kernels or masks; the first draw keeps the original name (and its earlier logs)."""
+    from dataclasses import replace
+
+    if draws < 1:
+        raise SiloError(f"--param-draws must be at least 1, got {draws}")
+    out = []
+    for item in items:
+        out.append(item)
+        out += [replace(item, name=f"{item.name}-draw{j}", source=f"{item.source} (parameter draw {j})")
+                for j in range(1, draws)]
+    return out
 
 
 def operator_source(task_name: str, specs: list[str], kind: str | None) -> Path:
