@@ -336,6 +336,31 @@ def test_peer_methods_with_options_through_restore(models, photos, tmp_path, cap
     assert rc == 2 and "no selected method takes 'gamma'" in capsys.readouterr().err
 
 
+def test_measurement_clamp_flag_then_preset_then_prior_card_then_task(tmp_path):
+    """The [-4, 4] clamp of E(y) is about a latent space: a prior card may turn off what the task asks for."""
+    from silo.cli import build_parser
+    from silo.cli._restore_impl import _settings
+    from silo.degradations.tasks import load_task
+    from silo.presets import PRESETS, get_preset
+
+    sr4, jpeg = load_task("sr4"), load_task("jpeg")  # the tasks clamp / do not clamp
+    preset = get_preset(next(iter(PRESETS)))
+
+    def clamp(argv, task=sr4, preset=None):
+        args = build_parser().parse_args(["restore", "x.png", *argv])
+        return _settings(args, task, preset, tmp_path).clamp_measurement
+
+    assert (clamp([]), clamp([], jpeg)) == (True, False)  # no card: the task's
+    (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": False}))
+    assert (clamp([]), clamp([], jpeg)) == (False, False)  # the prior's card
+    assert clamp(["--clamp-measurement"]) is True and clamp([], preset=preset) is preset.clamp
+    (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": True}))
+    assert clamp([], jpeg) is True
+    (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": "no"}))
+    with pytest.raises(SiloError, match="clamp_measurement must be true or false"):
+        clamp([])
+
+
 def test_eta_precedence_flag_then_preset_then_operator_card_then_task(tmp_path):
     from silo.cli import build_parser
     from silo.cli._restore_impl import _settings

@@ -163,7 +163,8 @@ def _operator_card_number(operator_source, key: str) -> float | None:
 
 def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operator_source=None):
     """Sampling settings. SILO's step size: --eta, else the preset's, else the operator card's (scaled from the
-    size it was tuned at, ``recommended_eta_size``), else the task's;
+    size it was tuned at, ``recommended_eta_size``), else the task's; the measurement clamp: --clamp-measurement,
+    else the preset's, else the prior card's ``clamp_measurement``, else the task's;
     the warm start: --start-strength, else the operator card's, else the prior card's, else the task's, else 1."""
     from silo.samplers import SamplerSettings
 
@@ -175,8 +176,14 @@ def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operat
     if eta is None:
         eta = task.sampling.get("eta", 0.5)
     clamp = args.clamp_measurement
+    if clamp is None and preset:
+        clamp = preset.clamp
+    if clamp is None:  # the [-4, 4] clamp is about a latent space (SD's): a prior's card can say it does not fit
+        clamp = _prior_card(prior_source).get("clamp_measurement")
+        if clamp is not None and not isinstance(clamp, bool):
+            raise SiloError(f"{prior_source}/silo_prior.json: clamp_measurement must be true or false, got {clamp!r}")
     if clamp is None:
-        clamp = preset.clamp if preset else bool(task.sampling.get("clamp_measurement", False))
+        clamp = bool(task.sampling.get("clamp_measurement", False))
     steps = args.steps or (preset.steps if preset else _default_steps(prior_source))
     prompt = args.prompt if args.prompt is not None else (preset.prompt if preset else "")
     if args.cfg_fix and args.guidance_scale == 1.0:
