@@ -89,8 +89,10 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     assert heldout_log["settings"]["eta"] == op_card["recommended_eta"]
     assert heldout_log["settings"]["start_strength"] == op_card["recommended_start_strength"]
     assert heldout_log["settings"]["scheduler"] == "ddim"
+    assert heldout_log["settings"]["clamp_measurement"] is False  # the prior card's, over sr4's own
     assert "| sr4 |" in capsys.readouterr().out
-    assert json.loads((dest / "prior" / "silo_prior.json").read_text())["default_steps"] == 2
+    prior_card = json.loads((dest / "prior" / "silo_prior.json").read_text())
+    assert prior_card["default_steps"] == 2 and prior_card["clamp_measurement"] is False
 
     # the shipped folder is what `silo restore` uses with no --prior/--operator
     import silo.models

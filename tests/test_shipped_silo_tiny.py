@@ -43,24 +43,23 @@ def test_card_lists_every_task_and_a_measured_table():
 
 @pytest.mark.parametrize("task_name", TASKS)
 def test_shipped_restoration_beats_the_measurement_alone(task_name, prior, crops):
-    from silo.cli._restore_impl import _operator_card_number, _prior_card, operator_card_eta
+    from dataclasses import replace
+
+    from silo.cli import build_parser
+    from silo.cli._restore_impl import _settings
     from silo.degradations.tasks import load_task
     from silo.evaluation.metrics import psnr
     from silo.evaluation.sources import load_task_operator
     from silo.pipeline import restore
-    from silo.samplers import SamplerSettings
 
     task = load_task(task_name)
     kind = CARD["default_operator"][task_name]
     source = default_operator_path(task_name)
     operator = load_task_operator(source, kind, prior, task, prior.device)
-    steps = min(CARD["default_steps"], STEPS_CAP)
-    eta, eta_size = operator_card_eta(source)
-    settings = SamplerSettings(
-        steps=steps, eta=eta, eta_reference_size=eta_size,
-        start_strength=_operator_card_number(source, "recommended_start_strength") or 1.0,
-        scheduler=_prior_card(default_prior_path()).get("default_scheduler", "ddpm"),
-        clamp_measurement=bool(task.sampling.get("clamp_measurement", False)))
+    # the settings `silo restore --task TASK` uses with nothing else given, the steps capped for CI
+    args = build_parser().parse_args(["restore", "--example", "astronaut", "--task", task_name])
+    settings = _settings(args, task, None, default_prior_path(), source)
+    settings = replace(settings, steps=min(settings.steps, STEPS_CAP))
     seeds = list(range(1000, 1000 + N_CROPS))
     naive = restore(prior, task, settings, seeds, reference=crops, method="naive", show_progress=False)
     silo = restore(prior, task, settings, seeds, reference=crops, operator=operator, show_progress=False)
