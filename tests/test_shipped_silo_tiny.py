@@ -70,3 +70,14 @@ def test_shipped_restoration_beats_the_measurement_alone(task_name, prior, crops
         assert gain > 0, f"{task_name}: SILO {gain:+.2f} dB vs naive, the card claims {card_gain:+.2f} dB"
     else:  # the card reports a loss (sr4, sr8, motion_blur): it must not grow by more than 1 dB
         assert gain > card_gain - 1.0, f"{task_name}: SILO {gain:+.2f} dB vs naive, the card reports {card_gain:+.2f} dB"
+
+
+def test_models_lists_the_card_defaults_and_every_operator(capsys):
+    from silo.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "silo-tiny in" in out
+    assert f"sampling defaults: {CARD['default_steps']} steps, {CARD['default_scheduler'].upper()}, measurement clamp off" in out
+    for task, kind in CARD["default_operator"].items():
+        assert f"{task}-{kind} (default):" in out
