@@ -74,6 +74,8 @@ def test_ratios_and_targets():
     targets = check_targets([paired])
     assert [t["value"] for t in targets][:2] == [pytest.approx(1.05 / 4.5), 1.05] and targets[4]["value"] == 1.2
     assert [t["passed"] for t in targets] == [True, True, False, True, False]
+    assert [t["paired"] for t in targets] == [True, True, None, None, True]
+    assert [t["paired"] for t in check_targets([run])] == [False, False, None, None, False]
     cuda = {**run, "methods": {k: dict(v) for k, v in run["methods"].items()}, "runtime_memory_bytes": 0,
             "runtime_memory_kind": "none: CUDA's counter holds tensors only"}
     add_ratios(cuda)  # no CPU baseline: no second memory figure, and its target is not checked
@@ -95,6 +97,50 @@ def test_peak_memory_leaves_out_a_paused_block():
         time.sleep(0.05)
         del big
     assert mem.peak - mem.start > 48 * 2**20 > paused_peak
+
+
+@pytest.fixture(scope="module")
+def tiny_bench():
+    from silo.evaluation.bench import load_bench_prior
+
+    return load_bench_prior("tiny-random", torch.device("cpu"))
+
+
+def test_paired_reference_time_stays_out_of_the_step(tiny_bench, monkeypatch):
+    """A reference op that sleeps 1 s: every reference run takes it, no step does."""
+    from silo.evaluation import bench
+
+    monkeypatch.setattr(bench, "reference_fns", lambda bp, size: {op: lambda: time.sleep(1.0) for op in REFERENCE_OPS})
+    m = bench.time_method(tiny_bench, "silo_cnn", 32, warmup=1, repeats=1)
+    assert all(r >= 1.0 for r in m["paired_reference"]["all_seconds"]) and len(m["step_seconds"]) == 2
+    assert all(s < 1.0 for s in m["step_seconds"])
+
+
+def test_a_failing_reference_keeps_the_methods_own_result(tiny_bench, monkeypatch):
+    from silo.evaluation import bench
+
+    def boom():
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(bench, "reference_fns", lambda bp, size: {op: boom for op in REFERENCE_OPS})
+    m = bench.time_method(tiny_bench, "ldps", 32, warmup=1, repeats=1)
+    assert m["seconds_per_step"] > 0 and m["peak_memory_bytes"] > 0
+    assert m["paired_reference"] == {"op": "unet_forward_backward", "error": "out of memory (simulated)"}
+    assert "ratio_to_paired_reference" not in m
+
+
+def test_the_reference_runs_without_the_samplers_feature_hooks(tiny_bench):
+    """The readout sampler collects UNet features through forward hooks; the paired op must not feed them."""
+    from silo.evaluation.bench import reference_fns, without_forward_hooks
+    from silo.operators.features import UNetFeatureHooks
+
+    unet = tiny_bench.prior.unet
+    with UNetFeatureHooks(unet) as hooks:
+        with without_forward_hooks(unet):
+            reference_fns(tiny_bench, 32)["unet_forward"]()
+        assert hooks.features == []
+        reference_fns(tiny_bench, 32)["unet_forward"]()  # the hooks are back
+        assert len(hooks.features) > 0
 
 
 def test_sd15_architecture_matches_the_published_parameter_counts():

@@ -266,9 +266,10 @@ def test_param_draws_measure_each_image_under_several_kernels(setup, tmp_path, c
     kernel (so the naive PSNR differs between draws of one image); K < 1 is refused."""
     args = argv(setup, tmp_path, "--param-draws", "3")
     args[args.index("--methods") + 1] = "naive"
-    args[args.index("--tasks") + 1] = "motion_blur"
+    args[args.index("--tasks") + 1] = "motion_blur,sr4"
     assert main(args) == 0
-    logs = {p.name.split("_motion_blur")[0]: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
+    assert rows(tmp_path)[("sr4", "naive")]["n"] == 2  # no random parameters: one draw, not three copies
+    logs = {p.name.split("_motion_blur")[0]: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*motion_blur*.json")}
     assert sorted(logs) == ["img0", "img0-draw1", "img0-draw2", "img1", "img1-draw1", "img1-draw2"]
     psnrs = [logs[n]["metrics"]["psnr"] for n in ("img0", "img0-draw1", "img0-draw2")]
     assert len({round(v, 6) for v in psnrs}) == 3

@@ -353,9 +353,11 @@ def test_measurement_clamp_flag_then_preset_then_prior_card_then_task(tmp_path):
     assert (clamp([]), clamp([], jpeg)) == (True, False)  # no card: the task's
     (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": False}))
     assert (clamp([]), clamp([], jpeg)) == (False, False)  # the prior's card
-    assert clamp(["--clamp-measurement"]) is True and clamp([], preset=preset) is preset.clamp
+    assert clamp(["--clamp-measurement"]) is True
     (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": True}))
     assert clamp([], jpeg) is True
+    assert preset.clamp is False and clamp([], preset=preset) is False  # the preset's, over the card's
+    assert clamp(["--no-clamp-measurement"]) is False  # the flag, over the card's
     (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": "no"}))
     with pytest.raises(SiloError, match="clamp_measurement must be true or false"):
         clamp([])

@@ -14,7 +14,7 @@ x0-space SILO, run between the method's own steps, so that drift between blocks 
 peak memory (CUDA max allocated, or peak resident set on a CPU, also
 given less the resident set of the bare runtime measured before any model is built), and
 each method's ratio to Latent-DPS and to one UNet forward from the same run, then checks the targets
-(SD 1.5, 512 px, float32). Writes JSON.
+(SD 1.5, 512 px, float32) on the paired ratios (each target record says whether it was paired). Writes JSON.
 
 Priors: sd15 is the Stable Diffusion 1.5 UNet and VAE built from the published configuration with random
 weights: timing and memory do not depend on weight values. silo-tiny is the shipped prior; tiny-random the

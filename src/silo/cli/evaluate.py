@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--pad", action="store_true", help="pad images to a size the prior takes and crop back")
     src.add_argument("--param-draws", type=int, default=1, metavar="K",
                      help="evaluate every image under K draws of the degradation's random parameters (motion kernel, "
-                          "inpainting mask or box): K-1 copies named NAME-drawJ, each with its own parameter seed")
+                          "inpainting mask): K-1 copies named NAME-drawJ, each with its own parameter seed; tasks without "
+                          "random parameters run once")
 
     cmp = p.add_argument_group("what to compare")
     cmp.add_argument("--tasks", default="sr4", help="comma-separated task names or .yaml files (see `silo tasks`)")
@@ -67,8 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     smp.add_argument("--ddim-eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic); --scheduler ddim only")
     smp.add_argument("--grad-clamp", type=float, default=1.0, help="SILO/silo_x0 gradient clamp; 0 disables")
     smp.add_argument("--clamp-measurement", action=argparse.BooleanOptionalAction, default=None,
-                     help="clamp the encoded measurement to [-4, 4] [default: the prior card's clamp_measurement, "
-                          "else the task's]")
+                     help="clamp the encoded measurement to [-4, 4] [default: the preset's, else the prior card's "
+                          "clamp_measurement, else the task's]")
     smp.add_argument("--noise-sigma", type=float, help="measurement noise std on the [0, 1] scale [default: the task's]")
     smp.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     smp.add_argument("--cfg-fix", action="store_true", help="with CFG, guide with the text-conditional z0 only")

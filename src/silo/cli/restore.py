@@ -77,8 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     smp.add_argument("--ddim-eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic DDIM); --scheduler ddim only")
     smp.add_argument("--grad-clamp", type=float, default=1.0, help="clamp the guidance gradient to [-c, c]; 0 disables")
     smp.add_argument("--clamp-measurement", action=argparse.BooleanOptionalAction, default=None,
-                     help="clamp the encoded measurement to [-4, 4] [default: the prior card's clamp_measurement, "
-                          "else the task's]")
+                     help="clamp the encoded measurement to [-4, 4] [default: the preset's, else the prior card's "
+                          "clamp_measurement, else the task's]")
     smp.add_argument("--noise-sigma", type=float, help="measurement noise std on the [0, 1] scale [default: the task's]")
     smp.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     smp.add_argument("--cfg-fix", action="store_true", help="with CFG, guide with the text-conditional z0 only")

@@ -168,10 +168,27 @@ def plan_jobs(items: list, tasks: list, configs: list[MethodConfig], seeds: list
             if why:
                 refused.append(why)
                 continue
+            random = has_random_params(task.degradation)
             for seed in seeds:
                 for item in items:
+                    if getattr(item, "param_draw", 0) and not random:
+                        continue  # another draw of a fixed degradation would repeat the same result
                     jobs.append(EvalJob(task, config, seed, item, kind if config.method in OPERATOR_METHODS else None))
     return jobs, refused
+
+
+def has_random_params(degradation) -> bool:
+    """Whether two parameter seeds give different parameters (a motion kernel, a mask), i.e. whether
+    ``--param-draws`` measures anything new for this degradation."""
+    import torch
+
+    shape = (1, 3, 64, 64)
+    a, b = degradation.sample_params(shape, [1]), degradation.sample_params(shape, [2])
+
+    def differs(u, v) -> bool:
+        return not torch.equal(u, v) if torch.is_tensor(u) and torch.is_tensor(v) else u != v
+
+    return any(k not in b or differs(a[k], b[k]) for k in a)
 
 
 def fits(batch: list[EvalJob], prepared: list, job: EvalJob, prep: Any, size: int) -> bool:

@@ -75,7 +75,8 @@ def collect_items(args: argparse.Namespace) -> list:
 def with_param_draws(items: list, draws: int) -> list:
     """Each item, then ``draws - 1`` copies named ``NAME-drawJ``: a copy's name gives it its own seed for the
     degradation's random parameters (``Item.param_seed``), so one image is measured under several motion
-    kernels or masks; the first draw keeps the original name (and its earlier logs)."""
+    kernels or masks; the first draw keeps the original name (and its earlier logs). Tasks without random
+    parameters run the first draw only (``evaluate.plan_jobs``)."""
     from dataclasses import replace
 
     if draws < 1:
@@ -83,8 +84,7 @@ def with_param_draws(items: list, draws: int) -> list:
     out = []
     for item in items:
         out.append(item)
-        out += [replace(item, name=f"{item.name}-draw{j}", source=f"{item.source} (parameter draw {j})")
-                for j in range(1, draws)]
+        out += [replace(item, name=f"{item.name}-draw{j}", param_draw=j) for j in range(1, draws)]
     return out
 
 

@@ -23,6 +23,7 @@ class Item:
     name: str  # safe stem for output files
     source: str  # what the user pointed at (for logs and errors)
     load: Callable[[], Tensor]  # -> 1 x 3 x H x W in [-1, 1]
+    param_draw: int = 0  # evaluate --param-draws: which draw of the degradation's random parameters (0: the first)
 
     @property
     def param_seed(self) -> int:
