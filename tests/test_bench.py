@@ -3,7 +3,6 @@ checks; the SD 1.5 architecture matches its published parameter counts. The full
 
 import gc
 import json
-import time
 
 import pytest
 import torch
@@ -84,18 +83,18 @@ def test_ratios_and_targets():
 
 
 def test_peak_memory_leaves_out_a_paused_block():
-    """What runs inside ``paused()`` (a reference op timed beside a method) is not the method's peak."""
-    with PeakMemory("cpu", interval=0.001) as mem:
+    """What runs inside ``paused()`` (a reference op timed beside a method) is not the method's peak. A 64 MiB
+    tensor is freed inside the pause in the first block and still held when the second block ends (where the
+    peak is sampled once more), so neither depends on the polling thread's timing."""
+    with PeakMemory("cpu") as mem:
         with mem.paused():
-            big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-            time.sleep(0.05)
+            big = torch.ones(64 * 2**20 // 4)  # touched, so resident
             del big
         gc.collect()
     paused_peak = mem.peak - mem.start
-    with PeakMemory("cpu", interval=0.001) as mem:
+    with PeakMemory("cpu") as mem:
         big = torch.ones(64 * 2**20 // 4)
-        time.sleep(0.05)
-        del big
+    del big
     assert mem.peak - mem.start > 48 * 2**20 > paused_peak
 
 
@@ -107,13 +106,27 @@ def tiny_bench():
 
 
 def test_paired_reference_time_stays_out_of_the_step(tiny_bench, monkeypatch):
-    """A reference op that sleeps 1 s: every reference run takes it, no step does."""
+    """On a fake clock that the reference op moves by 100 s and every reading by 1 ms: every reference run
+    takes the 100 s, no step does (no wall time involved)."""
+    from types import SimpleNamespace
+
     from silo.evaluation import bench
 
-    monkeypatch.setattr(bench, "reference_fns", lambda bp, size: {op: lambda: time.sleep(1.0) for op in REFERENCE_OPS})
+    clock = SimpleNamespace(now=0.0)
+
+    def perf_counter() -> float:
+        clock.now += 0.001
+        return clock.now
+
+    def reference() -> None:
+        clock.now += 100.0
+
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(bench, "reference_fns", lambda bp, size: {op: reference for op in REFERENCE_OPS})
     m = bench.time_method(tiny_bench, "silo_cnn", 32, warmup=1, repeats=1)
-    assert all(r >= 1.0 for r in m["paired_reference"]["all_seconds"]) and len(m["step_seconds"]) == 2
-    assert all(s < 1.0 for s in m["step_seconds"])
+    assert len(m["step_seconds"]) == len(m["paired_reference"]["all_seconds"]) == 2
+    assert all(r >= 100.0 for r in m["paired_reference"]["all_seconds"])
+    assert all(0 < s < 1.0 for s in m["step_seconds"])
 
 
 def test_a_failing_reference_keeps_the_methods_own_result(tiny_bench, monkeypatch):

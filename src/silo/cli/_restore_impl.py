@@ -133,9 +133,9 @@ def _prior_card(prior_source) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _default_steps(prior_source) -> int:
+def _default_steps(card: dict, prior_source) -> int:
     try:
-        return int(_prior_card(prior_source).get("default_steps", 999))
+        return int(card.get("default_steps", 999))
     except (TypeError, ValueError):
         raise SiloError(f"{prior_source}/silo_prior.json: default_steps must be an integer") from None
 
@@ -175,16 +175,17 @@ def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operat
         eta, eta_size = operator_card_eta(operator_source)
     if eta is None:
         eta = task.sampling.get("eta", 0.5)
+    card = _prior_card(prior_source) if not preset else {}
     clamp = args.clamp_measurement
     if clamp is None and preset:
         clamp = preset.clamp
     if clamp is None:  # the [-4, 4] clamp is about a latent space (SD's): a prior's card can say it does not fit
-        clamp = _prior_card(prior_source).get("clamp_measurement")
+        clamp = card.get("clamp_measurement")
         if clamp is not None and not isinstance(clamp, bool):
             raise SiloError(f"{prior_source}/silo_prior.json: clamp_measurement must be true or false, got {clamp!r}")
     if clamp is None:
         clamp = bool(task.sampling.get("clamp_measurement", False))
-    steps = args.steps or (preset.steps if preset else _default_steps(prior_source))
+    steps = args.steps or (preset.steps if preset else _default_steps(card, prior_source))
     prompt = args.prompt if args.prompt is not None else (preset.prompt if preset else "")
     if args.cfg_fix and args.guidance_scale == 1.0:
         raise SiloError("--cfg-fix only matters with --guidance-scale > 1")
@@ -192,7 +193,6 @@ def _settings(args: argparse.Namespace, task: Task, preset, prior_source, operat
         raise SiloError(f"--steps must be >= 1, got {args.steps}")
     if eta < 0 or args.grad_clamp < 0 or args.ddim_eta < 0:
         raise SiloError("--eta, --grad-clamp and --ddim-eta must be >= 0")
-    card = _prior_card(prior_source) if not preset else {}
     scheduler = args.scheduler or card.get("default_scheduler", "ddpm")
     strength = args.start_strength
     if strength is None and not preset:

@@ -173,11 +173,10 @@ def reference_ops(bp: BenchPrior, size: int, warmup: int, repeats: int) -> dict[
     return {name: time_callable(fns[name], bp.prior.device, warmup, repeats) for name in REFERENCE_OPS}
 
 
-def time_method(bp: BenchPrior, name: str, size: int, warmup: int, repeats: int, task: str = "sr4",
-                paired: bool = True) -> dict[str, Any]:
+def time_method(bp: BenchPrior, name: str, size: int, warmup: int, repeats: int, task: str = "sr4") -> dict[str, Any]:
     """One method's per-step time (median after warm-up steps) and its peak memory over the whole run.
 
-    With ``paired``, the method's reference op (``PAIRED_REFERENCE``) runs once after every step, inside
+    The method's reference op (``PAIRED_REFERENCE``) runs once after every step, inside
     the sampler callback, untimed in the step and unseen by the memory peak; ``ratio_to_paired_reference``
     is the median of step / reference over the timed steps."""
     from silo.degradations.tasks import load_task
@@ -193,8 +192,8 @@ def time_method(bp: BenchPrior, name: str, size: int, warmup: int, repeats: int,
         y = deg.add_noise(deg.A(x, params), [0])
     problem = Problem(deg, y, params, [0], (size, size))
     settings = SamplerSettings(steps=warmup + repeats, prompt_embeds=bp.prompt_embeds)
-    reference = PAIRED_REFERENCE[name] if paired else None
-    ref = {"fn": reference_fns(bp, size)[reference] if reference else None, "error": None}
+    reference = PAIRED_REFERENCE[name]
+    ref = {"fn": reference_fns(bp, size)[reference], "error": None}
     steps: list[float] = []
     ref_seconds: list[float] = []
     last = [0.0]
@@ -223,9 +222,9 @@ def time_method(bp: BenchPrior, name: str, size: int, warmup: int, repeats: int,
                          callback=on_step, show_progress=False)
     out = {"method": method, "operator": kind, "task": task, "seconds_per_step": _median_after_warmup(steps, warmup),
            "step_seconds": steps, **mem.result()}
-    if reference and ref["error"]:
+    if ref["error"]:
         out["paired_reference"] = {"op": reference, "error": ref["error"]}
-    elif reference:
+    else:
         ratios = [s / r for s, r in zip(steps, ref_seconds)]
         out["paired_reference"] = {"op": reference, "seconds": _median_after_warmup(ref_seconds, warmup),
                                    "all_seconds": ref_seconds}

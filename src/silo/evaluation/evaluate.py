@@ -171,7 +171,7 @@ def plan_jobs(items: list, tasks: list, configs: list[MethodConfig], seeds: list
             random = has_random_params(task.degradation)
             for seed in seeds:
                 for item in items:
-                    if getattr(item, "param_draw", 0) and not random:
+                    if item.param_draw and not random:
                         continue  # another draw of a fixed degradation would repeat the same result
                     jobs.append(EvalJob(task, config, seed, item, kind if config.method in OPERATOR_METHODS else None))
     return jobs, refused

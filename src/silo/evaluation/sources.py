@@ -64,7 +64,7 @@ def collect_items(args: argparse.Namespace) -> list:
         items += photo_items(args.photos, args.photo_count, args.photo_size)
     if not items:
         raise SiloError("nothing to evaluate: give image files or folders, --dataset, --example or --photos heldout")
-    items = with_param_draws(items, getattr(args, "param_draws", 1))
+    items = with_param_draws(items, args.param_draws)
     names = [i.name for i in items]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
