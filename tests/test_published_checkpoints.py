@@ -1,6 +1,6 @@
-"""Issue 6: the published operator formats load into our classes and reproduce the published code's outputs.
+"""The published operator formats load into our classes and reproduce the published code's outputs.
 
-Each state dict is built by the issue's recipe (seeded from the key name), saved in its published container
+Each state dict is built by a fixed recipe (seeded from the key name), saved in its published container
 and loaded through our loader; the outputs must equal the golden ones computed with the published code.
 """
 
@@ -21,22 +21,17 @@ from silo.errors import SiloError  # noqa: E402
 from silo.operators import load_operator  # noqa: E402
 from silo.operators.published import convert_published, load_published_operator  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-KEYS_FILE = SHARED / "silo-checkpoint-keys.json"
-GOLDEN_FILE = SHARED / "silo-checkpoint-golden.safetensors"
+REFERENCE = Path(__file__).resolve().parent / "data" / "published"  # scripts/make_test_data.py --reference
+KEYS_FILE = REFERENCE / "silo-checkpoint-keys.json"
+GOLDEN_FILE = REFERENCE / "silo-checkpoint-golden.safetensors"
 FEATURE_CHANNELS = [1280] * 6 + [640] * 3 + [320] * 3
 EXPECTED_KIND = {"cnn_sigma_layernorm": "cnn", "rg_sigma": "readout", "rg_sigma_condinpaint": "readout",
                  "preserve_ldn": "preserve"}
 
-# Outside CI a checkout without ../shared skips these; in CI (CI=true) a missing reference fails them.
-needs_reference = pytest.mark.skipif(
-    not (KEYS_FILE.is_file() and GOLDEN_FILE.is_file()) and not os.environ.get("CI"),
-    reason=f"reference files not found under {SHARED}",
-)
 
 
 def recipe_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """The issue's recipe: each tensor ``0.05 * randn`` seeded by the CRC32 of its key."""
+    """The recipe: each tensor ``0.05 * randn`` seeded by the CRC32 of its key."""
     shapes = json.loads(KEYS_FILE.read_text())[name]
     return {
         key: 0.05 * torch.randn(shape, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())))
@@ -72,7 +67,6 @@ def run_operator(operator, inputs: dict) -> torch.Tensor:
         return operator(inputs["features"], inputs["sigma_emb"], mask=mask)
 
 
-@needs_reference
 @pytest.mark.parametrize("name", list(EXPECTED_KIND))
 def test_published_format_reproduces_golden_output(name, tmp_path):
     from safetensors.torch import load_file
@@ -87,7 +81,6 @@ def test_published_format_reproduces_golden_output(name, tmp_path):
     assert (out - golden).abs().max().item() < 1e-4
 
 
-@needs_reference
 @pytest.mark.parametrize("name", ["cnn_sigma_layernorm", "preserve_ldn"])
 def test_convert_checkpoint_round_trip(name, tmp_path):
     src = save_published(name, tmp_path)
@@ -102,7 +95,6 @@ def test_convert_checkpoint_round_trip(name, tmp_path):
     assert torch.allclose(run_operator(converted, inputs), expected, rtol=0, atol=1e-6)
 
 
-@needs_reference
 def test_convert_readout_with_mask_keeps_weights_and_config(tmp_path):
     src = save_published("rg_sigma_condinpaint", tmp_path)
     dst = tmp_path / "converted"
@@ -114,7 +106,6 @@ def test_convert_readout_with_mask_keeps_weights_and_config(tmp_path):
     assert all(torch.equal(v, own[k]) for k, v in original.state_dict().items())
 
 
-@needs_reference
 def test_convert_refuses_to_overwrite(tmp_path, capsys):
     src = save_published("cnn_sigma_layernorm", tmp_path)
     dst = tmp_path / "exists"
@@ -124,14 +115,12 @@ def test_convert_refuses_to_overwrite(tmp_path, capsys):
     assert list(dst.iterdir()) == []
 
 
-@needs_reference
 def test_kind_mismatch_is_refused(tmp_path):
     src = save_published("cnn_sigma_layernorm", tmp_path)
     with pytest.raises(SiloError, match="holds a cnn operator, not readout"):
         load_published_operator(src, kind="readout")
 
 
-@needs_reference
 def test_missing_and_unexpected_keys_are_named(tmp_path):
     state = recipe_state_dict("preserve_ldn")
     del state["blocks.1.norm2.bias"]
@@ -141,7 +130,6 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
         load_published_operator(save_published("preserve_ldn", tmp_path, state))
 
 
-@needs_reference
 def test_shape_mismatch_is_named(tmp_path):
     state = recipe_state_dict("cnn_sigma_layernorm")
     state["processing.0.bias"] = torch.zeros(15)

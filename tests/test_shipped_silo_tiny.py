@@ -1,7 +1,7 @@
 """The shipped silo-tiny weights: every task restores a fixed set of held-out crops better than the
 measurement alone wherever the model card's table claims a gain, and loses no more than 1 dB beyond the loss
 the card reports elsewhere, with the shipped defaults (operator kind, steps, eta, warm start, scheduler),
-offline on CPU.
+offline on CPU. The crops are committed under ``tests/data/`` (``scripts/make_test_data.py``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,16 @@ def prior():
 
 @pytest.fixture(scope="module")
 def crops():
-    from silo.data import heldout_crops
+    """The first held-out 64 px crops, committed as PNGs (``python -m pytest -m data`` checks them)."""
+    import numpy as np
+    from PIL import Image
 
-    x = torch.from_numpy(heldout_crops(N_CROPS, 64, seed=0)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    return x
+    from conftest import DATA
+
+    files = sorted((DATA / "heldout-crops-64").glob("crop-*.png"))[:N_CROPS]
+    assert len(files) == N_CROPS, f"expected {N_CROPS} crops under {DATA / 'heldout-crops-64'}"
+    x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 def test_card_lists_every_task_and_a_measured_table():

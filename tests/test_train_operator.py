@@ -234,6 +234,27 @@ def test_dataset_folder_through_the_cli_with_tensorboard(files, tmp_path):
         tdata.HFSource(str(tmp_path / "ds"), column="label2")
 
 
+def test_without_tensorboard_training_logs_json_lines_and_says_so(files, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import silo.training.tracking as tracking
+    from silo.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(tracking, "find_spec", lambda name: None if name == "tensorboard" else real(name))
+    monkeypatch.setattr(tracking, "_NOTED", set())
+    argv = ["train-operator", "--prior", str(files / "prior"), "--task", "sr4", "--data", str(files / "imgs"),
+            "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2", "--validation-images", "1",
+            "--num-workers", "0", "--no-progress", "--operator-config", json.dumps(SMALL["cnn"])]
+    assert main([*argv, "--output", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--output", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("tensorboard is not installed") == 1 and "pip install tensorboard" in err
+    lines = (tmp_path / "a" / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines if "train/loss" in json.loads(line)][-1] == 2
+    assert not list((tmp_path / "a" / "logs").rglob("events.out.tfevents.*"))
+
+
 def test_augmentation_and_sharding_are_seeded():
     x = random_images(1, (40, 56), seed=1)
     a = tdata.augment(x, CROP, torch.Generator().manual_seed(3))

@@ -9,7 +9,7 @@ HELP = "write the silo-tiny training/held-out photos (PNG, native + 1/2 + 1/4) f
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="folder to write (e.g. /work/silo-runs/data)")
+    parser.add_argument("--output", required=True, help="folder to write (e.g. runs/data)")
     parser.add_argument("--manifest", default=None, help="manifest JSON (default: the committed one)")
     parser.add_argument(
         "--source", action="append", default=None,

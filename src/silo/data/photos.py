@@ -164,17 +164,29 @@ def heldout_crops(n: int = 100, size: int = 64, seed: int = 0, scales: Iterable[
     Crops cycle over photos and scales, so smooth native-resolution wallpapers and detailed
     down-scaled copies are both represented; positions come from a seeded generator.
     """
+    crops, _ = heldout_crops_with_origins(n, size, seed, scales)
+    return crops
+
+
+def heldout_crops_with_origins(n: int = 100, size: int = 64, seed: int = 0,
+                               scales: Iterable[int] = SCALES) -> tuple[np.ndarray, list[dict]]:
+    """:func:`heldout_crops` and, per crop, where it comes from (photo, package, licence, scale, position)."""
     photos = heldout_photos()
-    pyramid = [downscale(img, s) for name in sorted(photos) for s in scales for img in [photos[name]]]
-    pyramid = [im for im in pyramid if min(im.shape[:2]) >= size]
+    entries = {p.name: p for p in manifest_photos(split="heldout")}
+    pyramid = [(name, s, downscale(photos[name], s)) for name in sorted(photos) for s in scales]
+    pyramid = [entry for entry in pyramid if min(entry[2].shape[:2]) >= size]
     rng = np.random.default_rng(seed)
     crops = np.empty((n, size, size, 3), np.uint8)
+    origins = []
     for i in range(n):
-        im = pyramid[i % len(pyramid)]
+        name, scale, im = pyramid[i % len(pyramid)]
         y = int(rng.integers(0, im.shape[0] - size + 1))
         x = int(rng.integers(0, im.shape[1] - size + 1))
         crops[i] = im[y : y + size, x : x + size]
-    return crops
+        photo = entries[name]
+        origins.append(dict(photo=name, package=photo.source, photo_file=photo.file, licence=photo.licence,
+                            downscale=scale, top=y, left=x))
+    return crops, origins
 
 
 def centre_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -355,7 +355,9 @@ class OperatorTrainer:
         cfg = self.cfg
         report = cfg.report_to
         if report == "auto":
-            report = "tensorboard" if find_spec("tensorboard") else "none"
+            from silo.training.tracking import tensorboard_installed
+
+            report = "tensorboard" if tensorboard_installed("logs/metrics.jsonl") else "none"
         elif report != "none" and find_spec(report) is None:
             raise SiloError(f"--report-to {report}: {report} is not installed (pip install {report}), or pass --report-to none")
         if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():

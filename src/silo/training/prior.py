@@ -395,10 +395,12 @@ def load_checkpoint(path: Path, accelerator, ema: EMA, sampler: CropSampler) -> 
 
 
 def _tensorboard(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
+    from silo.training.tracking import tensorboard_installed
+
+    if not tensorboard_installed("log.jsonl"):  # optional: the JSON lines log is always written
         return None
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(path))
 
 
