@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Compare every method on the shipped silo-tiny (issue: baselines): first tune each baseline's step size on
+# Compare every method on the shipped silo-tiny: first tune each baseline's step size on
 # silo-tiny's TRAINING crops (never the held-out ones), then, with the tuned defaults set in
 # silo/samplers/{latent_dps,psld,silo_x0}.py, compare all methods on held-out crops at the same steps.
 #   scripts/compare_silo_tiny.sh tune      # -> $OUT/tuning/aggregate.md: pick the best value per method
 #   scripts/compare_silo_tiny.sh compare   # -> $OUT/heldout/aggregate.{md,csv,json} and plots/
-# Resumable (silo evaluate skips finished results). Environment: RUNS (/work/silo-runs), OUT ($RUNS/compare),
+# Resumable (silo evaluate skips finished results). Environment: RUNS (runs), OUT ($RUNS/compare),
 # STEPS (50: silo-tiny's default), PRIOR and OPERATOR (--prior, and --operator as a '{task}' template such as
 # 'DIR/{task}-cnn'; default: the shipped ones), TUNE_TASKS, EVAL_TASKS (comma-separated),
 # CROPS (32 held-out crops). Every method of a task starts alike: the SILO operator card's start strength.
 set -euo pipefail
-RUNS=${RUNS:-/work/silo-runs}
+RUNS=${RUNS:-runs}
 OUT=${OUT:-$RUNS/compare}
 STEPS=${STEPS:-50}
 PRIOR_ARGS=(${PRIOR:+--prior "$PRIOR"} ${OPERATOR:+--operator "$OPERATOR"})

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fine-tune the shipped silo-tiny UNet or VAE decoder on a GPU within a fixed time budget (a borrowed GPU
-# gives minutes): a 40-step probe measures seconds per step at this batch, the main run's cosine LR horizon
+# Fine-tune the shipped silo-tiny UNet or VAE decoder on a GPU within a fixed time budget (a time-limited GPU
+# job may last minutes): a 40-step probe measures seconds per step at this batch, the main run's cosine LR horizon
 # is set to fit BUDGET_S, and --time-limit stops it there in any case.
 #   DATA=/path/to/data scripts/finetune_gpu.sh                 # DATA: a folder written by `silo build-data`
 #   STAGE=decoder DATA=/path/to/data scripts/finetune_gpu.sh   # the decoder alone (the latent space stays)

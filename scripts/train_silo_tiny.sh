@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build data, train and export the silo-tiny prior, then its operators; idempotent: rerun it to resume
 # where it stopped.
-#   nohup nice -n 10 setsid scripts/train_silo_tiny.sh > /work/silo-runs/pipeline.out 2>&1 &
-# Environment: RUNS (default /work/silo-runs), THREADS (2), VAE_STEPS (12000), UNET_STEPS (8000),
+#   mkdir -p runs && nohup nice -n 10 setsid scripts/train_silo_tiny.sh > runs/pipeline.out 2>&1 &
+# Environment: RUNS (default runs, relative to the current folder), THREADS (2), VAE_STEPS (12000), UNET_STEPS (8000),
 # OP_STEPS (CNN operator steps, 800), OP_STEPS_READOUT (200), OP_LR_CNN (1e-3), OP_LR_READOUT (5e-4), OP_CROP (64), KERNEL_AWARE_TASKS (motion_blur), OP_STEPS_KERNEL_AWARE (1200), TASKS (every shipped task but identity), KINDS (cnn readout).
 set -euo pipefail
-RUNS=${RUNS:-/work/silo-runs}
+RUNS=${RUNS:-runs}
 THREADS=${THREADS:-2}
 VAE_STEPS=${VAE_STEPS:-12000}
 UNET_STEPS=${UNET_STEPS:-8000}
