@@ -366,3 +366,23 @@ def test_latent_blur_follows_the_pixel_blur_on_the_latent_grid():
             return float((latent_blur(pooled, kernel, 4) - target).norm() / target.norm())
 
         assert err(k) < 0.7 * min(err(k.flip(-1, -2)), err(k.t())), seed  # measured: 0.20-0.25 vs 0.32-0.56
+
+
+def test_apply_keeps_the_samplers_error_lines():
+    """Through ``apply`` a missing input the operator reads is the same one-line error the samplers gave."""
+    from silo.operators import OperatorInputs
+
+    z = torch.randn(1, 4, 8, 8)
+    aware = CNNOperator(embedding_dim=EMB, blur_kernel_scale=4).eval()
+    with pytest.raises(SiloError, match=r"^CNNOperator is kernel-aware, but this problem has no blur kernel \(a blur "
+                                        r"task with --kernel, or a seeded random kernel\)$"):
+        aware.apply(OperatorInputs(z0=z, noise_sigma=0.01), None)
+    readout = make("readout", mask_channel=True)
+    feats = [torch.randn(1, c, 8, 8) for c in FEATS]
+    with pytest.raises(SiloError, match="has a mask channel"):
+        readout.apply(OperatorInputs(features=feats, noise_sigma=0.01, latent_size=(8, 8)), None)
+    with pytest.raises(SiloError, match="sigma-conditioned: pass the prior"):
+        make("cnn").apply(OperatorInputs(z0=z, noise_sigma=0.01), None)
+    out = make("preserve").apply(OperatorInputs(z0=z, noise_sigma=0.01), None)  # its own noise embedding
+    with torch.no_grad():
+        assert torch.equal(out.detach(), make("preserve")(z, noise_level=torch.tensor([0.02])))

@@ -1,12 +1,17 @@
-"""``silo train-operator``: train a CNN or readout latent operator for a task or a user's own degradation."""
+"""``silo train-operator``: train a latent operator of any trainable kind for a task or a user's own degradation."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from silo.operators import TrainingDefaults
 
 COMMAND = "train-operator"
-HELP = "train a latent operator H (cnn or readout) for a task or your own degradation, on one process or many"
+HELP = "train a latent operator H for a task or your own degradation, on one process or many"
 DESCRIPTION = """Train a SILO latent operator H with H(E(x)) ~= E(A(x) + n) on a folder of images or a `datasets`
 dataset, for a shipped task (--task sr4), a task YAML, or your own degradation (--degradation my_deg.py:fn, a
 function or no-argument class taking and returning B x 3 x H x W tensors in [-1, 1]).
@@ -16,8 +21,32 @@ The same command runs on CPU, one GPU, several GPUs (`accelerate launch -m silo 
 `silo restore --operator OUTPUT` loads, with model_card.json, checkpoints/ (resume with
 --resume-from-checkpoint latest), validation/ grids and logs/.
 
-Noise levels are standard deviations on the [0, 1] image scale: the default --noise-sigma-max 0.02 (cnn) and
-0.05 (readout) are the published U(0, 0.04) and U(0, 0.1) on the [-1, 1] scale. --batch-size is per process."""
+Noise levels are standard deviations on the [0, 1] image scale, half the published code's [-1, 1] values;
+each kind's default --noise-sigma-max and --lr follow the published training runs. --batch-size is per process."""
+
+
+class _PerKind:
+    """The operator registry read only when argparse needs it (help, or checking --kind), so that building
+    the ``silo`` parser does not import the operator classes and their libraries."""
+
+    def __init__(self, describe: Callable[[TrainingDefaults], object] | None = None) -> None:
+        self.describe = describe
+
+    def _kinds(self) -> list[str]:
+        from silo.operators import trainable_kinds
+
+        return trainable_kinds()
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._kinds()
+
+    def __iter__(self):
+        return iter(self._kinds())
+
+    def __str__(self) -> str:
+        from silo.operators import OPERATOR_CLASSES
+
+        return ", ".join(f"{self.describe(OPERATOR_CLASSES[kind].training_defaults)} {kind}" for kind in self._kinds())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,15 +56,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     deg.add_argument("--task", help="shipped task name (see `silo tasks`) or a task .yaml file")
     deg.add_argument("--degradation", metavar="MODULE:CALLABLE",
                      help="your degradation: a .py path or importable module, and a function or class in it")
-    what.add_argument("--noise-sigma-max", type=float, default=None,
-                      help="noise std drawn per batch from U(0, this), [0, 1] scale [default: 0.02 cnn, 0.05 readout]")
-    what.add_argument("--kind", choices=["cnn", "readout"], default="cnn", help="operator kind")
+    sigma = what.add_argument("--noise-sigma-max", type=float, default=None,
+                              help="noise std drawn per batch from U(0, this), [0, 1] scale [default: %(per_kind)s]")
+    sigma.per_kind = _PerKind(lambda d: d.noise_sigma_max)
+    what.add_argument("--kind", choices=_PerKind(), metavar="KIND", default="cnn", help="operator kind: %(choices)s")
     what.add_argument("--operator-config", default="{}", metavar="JSON",
                       help='architecture overrides, e.g. \'{"channels": [16, 32, 64, 128]}\'')
     what.add_argument("--init-operator", metavar="FOLDER", help="start from this operator's weights (same prior)")
     what.add_argument("--kernel-aware", action="store_true",
-                      help="CNN only, blur tasks: the operator also reads each image's blur kernel (pooled to the "
-                           "latent grid); for kernels that change per image, such as motion blur")
+                      help="blur tasks, kinds that can read a blur kernel: the operator also reads each image's blur "
+                           "kernel (pooled to the latent grid); for kernels that change per image, such as motion blur")
 
     data = p.add_argument_group("data")
     src = data.add_mutually_exclusive_group(required=True)
@@ -52,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--output", required=True, metavar="DIR", help="the operator folder to write (and its run files)")
     opt.add_argument("--max-steps", type=int, default=20000, help="optimizer steps in total")
     opt.add_argument("--batch-size", type=int, default=16, help="images per process and micro-batch")
-    opt.add_argument("--lr", type=float, default=None, help="learning rate [default: 1e-4 cnn (Adam), 2e-4 readout (AdamW)]")
+    lr = opt.add_argument("--lr", type=float, default=None, help="learning rate [default: %(per_kind)s]")
+    lr.per_kind = _PerKind(lambda d: f"{d.lr:g} ({d.optimizer})")
     opt.add_argument("--loss", choices=["l1", "l2"], default="l1")
     opt.add_argument("--clamp-target", action="store_true", help="clamp the target latent E(A(x)+n) to [-4, 4]")
     opt.add_argument("--gradient-accumulation-steps", type=int, default=1)

@@ -1,8 +1,10 @@
-"""Latent operators ``H`` with ``H(E(x)) ~= E(A(x) + n)``: the CNN, readout and preserve kinds.
+"""Latent operators ``H`` with ``H(E(x)) ~= E(A(x) + n)``, one class per kind in :data:`OPERATOR_CLASSES`.
 
 Each is a diffusers ``ModelMixin`` + ``ConfigMixin`` (``save_pretrained``/``from_pretrained`` with
 safetensors and config.json) whose parameter names equal the published SILO checkpoints; see
-:mod:`silo.operators.published` for loading those ``.pt`` files.
+:mod:`silo.operators.published` for loading those ``.pt`` files. Every kind implements the contract of
+:mod:`silo.operators.base` (``reads``, ``training_defaults``, ``apply(OperatorInputs, prior)``), so callers
+never branch on the kind: :data:`OPERATOR_CLASSES` is the one list of kinds.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from pathlib import Path
 import torch
 
 from silo.errors import SiloError
+from silo.operators.base import LatentOperator, OperatorInputs, TrainingDefaults, call_operator
 from silo.operators.cnn import CNNOperator
 from silo.operators.preserve import PreserveOperator
 from silo.operators.readout import ReadoutOperator
 
-OPERATOR_CLASSES = {cls.kind: cls for cls in (CNNOperator, ReadoutOperator, PreserveOperator)}
+#: the registry: every operator kind, by its ``kind``; adding a class here is all a new kind needs
+OPERATOR_CLASSES: dict[str, type[LatentOperator]] = {
+    cls.kind: cls for cls in (CNNOperator, ReadoutOperator, PreserveOperator)
+}
 _BY_CLASS_NAME = {cls.__name__: cls for cls in OPERATOR_CLASSES.values()}
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _PUBLISHED_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -28,10 +34,20 @@ __all__ = [
     "ReadoutOperator",
     "PreserveOperator",
     "OPERATOR_CLASSES",
+    "LatentOperator",
+    "OperatorInputs",
+    "TrainingDefaults",
+    "call_operator",
+    "trainable_kinds",
     "load_operator",
     "check_compatible",
     "describe_operator",
 ]
+
+
+def trainable_kinds() -> list[str]:
+    """The kinds ``silo train-operator`` can train: those that declare training defaults."""
+    return [kind for kind, cls in OPERATOR_CLASSES.items() if cls.training_defaults is not None]
 
 
 def describe_operator(operator: torch.nn.Module) -> str:

@@ -23,6 +23,7 @@ gaussian blur, 800 steps: L1 0.125 against the identity's 0.147; sr4: 0.139 agai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from silo.errors import SiloError
+from silo.operators.base import LatentOperator, OperatorInputs, SigmaEmbedder, TrainingDefaults, state_shape
 from silo.operators.latent_blur import latent_blur
 
 
@@ -59,13 +61,17 @@ class ResizableLayerNorm(nn.Module):
         return F.layer_norm(x, tuple(x.shape[1:]), weight.to(x.dtype), bias.to(x.dtype), self.eps)
 
 
-class CNNOperator(ModelMixin, ConfigMixin):
+class CNNOperator(LatentOperator, ModelMixin, ConfigMixin):
     """Small conv encoder/decoder with a 1x1 skip, conditioned on the noise level by a sigma map (optionally
     residual: ``z0 + net(z0)``)."""
 
     kind = "cnn"
     needs_features = False
     uses_unet_sigma_embedding = True
+    can_read = frozenset({"z0", "kernel"})
+    #: the reference trains on noise U(0, 0.04) on the [-1, 1] scale, with Adam at 1e-4
+    training_defaults = TrainingDefaults(noise_sigma_max=0.02, lr=1e-4, optimizer="adam")
+    published_marker = "processing.0.weight"
 
     @register_to_config
     def __init__(
@@ -119,6 +125,38 @@ class CNNOperator(ModelMixin, ConfigMixin):
     @property
     def needs_blur_kernel(self) -> bool:
         return bool(self.config.get("blur_kernel_scale", 0))
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """``z0``, and the blur kernel when kernel-aware."""
+        return frozenset({"z0", "kernel"}) if self.needs_blur_kernel else frozenset({"z0"})
+
+    def missing_input(self, name: str) -> str:
+        if name == "kernel":
+            return (f"{type(self).__name__} is kernel-aware, but this problem has no blur kernel "
+                    f"(a blur task with --kernel, or a seeded random kernel)")
+        return super().missing_input(name)
+
+    def forward_arguments(self, inputs: OperatorInputs, prior: SigmaEmbedder | None) -> tuple[tuple, dict]:
+        extra = {"kernel": inputs.kernel} if self.needs_blur_kernel else {}
+        return (inputs.z0.to(self.dtype), self.unet_sigma_embedding(inputs, prior)), {"mask": None, **extra}
+
+    @classmethod
+    def config_from_published(cls, state: dict[str, Tensor], path: Path) -> dict:
+        """The ``cnn_sigma_layernorm`` layout: a plain state dict; the sigma MLP is present when sigma-conditioned."""
+        sigma = "sigma_condition_precondition.0.weight" in state
+        extra = int(sigma)
+        outs = [state_shape(state, f"encoder.{i}.weight", path)[0] for i in (0, 3, 6, 9)]
+        cfg = {
+            "latent_channels": int(state_shape(state, "encoder.0.weight", path)[1]) - extra,
+            "sigma_conditioned": sigma,
+            "channels": [int(c) - extra for c in outs[:-1]] + [int(outs[-1])],
+            "norm_size": int(state_shape(state, "encoder.1.weight", path)[-1]),
+        }
+        if sigma:
+            hidden, emb = state_shape(state, "sigma_condition_precondition.0.weight", path)
+            cfg.update(embedding_dim=int(emb), sigma_hidden=int(hidden))
+        return cfg
 
     def forward(self, z0: Tensor, sigma_emb: Tensor | None, mask: Tensor | None = None,
                 kernel: Tensor | None = None) -> Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
+from silo.degradations.noise import to_model_scale
 from silo.errors import SiloError
+from silo.operators.base import LatentOperator, OperatorInputs, SigmaEmbedder, state_shape
 from silo.operators.cnn import resize_map
 
 
@@ -76,12 +79,15 @@ class NoiseResBlock(nn.Module):
         return F.silu(h + (x if self.skip_conv is None else self.skip_conv(x)))
 
 
-class PreserveOperator(ModelMixin, ConfigMixin):
+class PreserveOperator(LatentOperator, ModelMixin, ConfigMixin):
     """Identity-preserving latent degradation network (fixed 3-block topology, widths configurable)."""
 
     kind = "preserve"
     needs_features = False
     uses_unet_sigma_embedding = False
+    can_read = reads = frozenset({"z0"})
+    training_defaults = None  # published weights only: no training recipe to follow
+    published_marker = "identity_gate.0.weight"
 
     @register_to_config
     def __init__(
@@ -107,6 +113,24 @@ class PreserveOperator(ModelMixin, ConfigMixin):
         )
         self.final_conv = nn.Conv2d(c0, c, 3, padding=1)
         self.identity_gate = nn.Sequential(nn.Linear(e, 1), nn.Sigmoid())
+
+    def forward_arguments(self, inputs: OperatorInputs, prior: SigmaEmbedder | None) -> tuple[tuple, dict]:
+        """Conditioned on its own embedding of the noise std on the [-1, 1] scale, not the prior's."""
+        z0 = inputs.z0
+        level = torch.full((z0.shape[0],), float(to_model_scale(inputs.noise_sigma)), device=z0.device)
+        return (z0.to(self.dtype), None), {"mask": None, "noise_level": level}
+
+    @classmethod
+    def config_from_published(cls, state: dict[str, Tensor], path: Path) -> dict:
+        """The ``preserve_ldn`` layout: a plain state dict."""
+        pos = state_shape(state, "pos_embedding.positional_embedding", path)
+        return {
+            "latent_channels": int(state_shape(state, "final_conv.weight", path)[0]),
+            "channels": [int(state_shape(state, f"blocks.{i}.conv1.weight", path)[0]) for i in range(3)],
+            "noise_embedding_dim": int(state_shape(state, "blocks.0.noise_proj.weight", path)[1]),
+            "position_channels": int(pos[0]),
+            "norm_size": int(pos[-1]),
+        }
 
     def forward(
         self,

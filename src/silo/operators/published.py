@@ -5,8 +5,9 @@ Three formats (parameter names in ``shared/reference/silo-checkpoint-keys.json``
 - readout (``rg_sigma``, ``rg_sigma_condinpaint``): ``{"aggregation_network": state_dict, ...}``; the
   mask channel is detected from ``output_head.0.weight``'s input channels;
 - preserve (``preserve_ldn``): a plain state dict.
-The format is detected from the keys; the configuration is read from the tensor shapes, so the same
-code loads variants trained for other latent channel counts or embedding widths.
+The kind is detected from the marker key each operator class declares (``published_marker``); the class
+reads its configuration from the tensor shapes (``config_from_published``), so the same code loads
+variants trained for other latent channel counts or embedding widths.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from silo.operators import OPERATOR_CLASSES
 
 #: containers around the state dict: the readout files' entry, then common training-script ones
 _WRAPPERS = ("aggregation_network", "state_dict", "model")
-_MARKERS = {
-    "cnn": "processing.0.weight",
-    "readout": "mixing_weights",
-    "preserve": "identity_gate.0.weight",
-}
+
+
+def _markers() -> dict[str, str]:
+    """Each registered kind's marker key (kinds without a published format have none)."""
+    return {kind: cls.published_marker for kind, cls in OPERATOR_CLASSES.items() if cls.published_marker}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -50,73 +51,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def detect_kind(state: dict[str, torch.Tensor]) -> str | None:
-    """``"cnn"``, ``"readout"`` or ``"preserve"`` from marker keys; ``None`` when none fits."""
-    found = [kind for kind, key in _MARKERS.items() if key in state]
+    """The registered kind whose marker key (``published_marker``) the state holds; ``None`` unless exactly one."""
+    found = [kind for kind, key in _markers().items() if key in state]
     return found[0] if len(found) == 1 else None
-
-
-def _shape(state: dict, key: str, path: Path) -> torch.Size:
-    if key not in state:
-        raise SiloError(f"operator checkpoint {path}: missing key {key!r}")
-    return state[key].shape
-
-
-def _cnn_config(state: dict, path: Path) -> dict:
-    sigma = "sigma_condition_precondition.0.weight" in state
-    extra = int(sigma)
-    outs = [_shape(state, f"encoder.{i}.weight", path)[0] for i in (0, 3, 6, 9)]
-    cfg = {
-        "latent_channels": int(_shape(state, "encoder.0.weight", path)[1]) - extra,
-        "sigma_conditioned": sigma,
-        "channels": [int(c) - extra for c in outs[:-1]] + [int(outs[-1])],
-        "norm_size": int(_shape(state, "encoder.1.weight", path)[-1]),
-    }
-    if sigma:
-        hidden, emb = _shape(state, "sigma_condition_precondition.0.weight", path)
-        cfg.update(embedding_dim=int(emb), sigma_hidden=int(hidden))
-    return cfg
-
-
-def _readout_config(state: dict, path: Path) -> dict:
-    sigma = "sigma_emb_linear.weight" in state
-    extra = int(sigma)
-    count = int(_shape(state, "mixing_weights", path)[0])
-    mid, emb = _shape(state, "bottleneck_layers.0.emb_layers.weight", path)
-    proj = int(_shape(state, "bottleneck_layers.0.conv3.weight", path)[0])
-    head0 = _shape(state, "output_head.0.weight", path)
-    mask = int(head0[1]) - proj - extra
-    if mask not in (0, 1):
-        raise SiloError(f"operator checkpoint {path}: output_head.0.weight has {head0[1]} input channels, "
-                        f"expected {proj + extra} or {proj + extra + 1}")
-    cfg = {
-        "latent_channels": int(_shape(state, "output_head.4.weight", path)[0]),
-        "embedding_dim": int(emb),
-        "feature_channels": [
-            int(_shape(state, f"bottleneck_layers.{i}.conv1.weight", path)[1]) - extra for i in range(count)
-        ],
-        "bottleneck_channels": int(mid),
-        "projection_dim": proj,
-        "head_channels": [int(head0[0]), int(_shape(state, "output_head.2.weight", path)[0])],
-        "mask_channel": bool(mask),
-        "sigma_conditioned": sigma,
-    }
-    if sigma:
-        cfg["norm_size"] = int(_shape(state, "sigma_emb_norm.weight", path)[-1])
-    return cfg
-
-
-def _preserve_config(state: dict, path: Path) -> dict:
-    pos = _shape(state, "pos_embedding.positional_embedding", path)
-    return {
-        "latent_channels": int(_shape(state, "final_conv.weight", path)[0]),
-        "channels": [int(_shape(state, f"blocks.{i}.conv1.weight", path)[0]) for i in range(3)],
-        "noise_embedding_dim": int(_shape(state, "blocks.0.noise_proj.weight", path)[1]),
-        "position_channels": int(pos[0]),
-        "norm_size": int(pos[-1]),
-    }
-
-
-_CONFIG_READERS = {"cnn": _cnn_config, "readout": _readout_config, "preserve": _preserve_config}
 
 
 def _load_state(operator: torch.nn.Module, state: dict, path: Path) -> None:
@@ -152,13 +89,13 @@ def load_published_operator(path: str | os.PathLike, kind: str | None = None) ->
     detected = detect_kind(state)
     if detected is None:
         raise SiloError(
-            f"operator checkpoint {path} is not a published SILO operator (no CNN, readout or preserve keys; "
+            f"operator checkpoint {path} is not a published SILO operator (no {', '.join(_markers())} keys; "
             f"first keys: {_few(sorted(state), 3)})"
         )
     if kind is not None and kind != detected:
         raise SiloError(f"operator checkpoint {path} holds a {detected} operator, not {kind}")
-    config = _CONFIG_READERS[detected](state, path)
-    operator = OPERATOR_CLASSES[detected](**config)
+    cls = OPERATOR_CLASSES[detected]
+    operator = cls(**cls.config_from_published(state, path))
     _load_state(operator, state, path)
     operator.register_to_config(_name_or_path=str(path))
     return operator.eval()

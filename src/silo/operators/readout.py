@@ -14,6 +14,7 @@ after ``relu(conv1)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from silo.errors import SiloError
+from silo.operators.base import LatentOperator, OperatorInputs, SigmaEmbedder, TrainingDefaults, state_shape
 from silo.operators.cnn import ResizableLayerNorm, resize_map
 
 #: SD 1.x / 2.x UNets: three ResNets in each of four up blocks.
@@ -67,12 +69,18 @@ def downsample_mask(mask: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(mask, size=size, mode="area")
 
 
-class ReadoutOperator(ModelMixin, ConfigMixin):
+class ReadoutOperator(LatentOperator, ModelMixin, ConfigMixin):
     """Bottleneck per UNet feature map, softmax mixing, small conv head to latent channels."""
 
     kind = "readout"
     needs_features = True
     uses_unet_sigma_embedding = True
+    can_read = frozenset({"features", "mask"})
+    #: the reference trains on noise U(0, 0.1) on the [-1, 1] scale, with AdamW at 2e-4; the blocks' timestep
+    #: embedding is unused by SILO
+    training_defaults = TrainingDefaults(noise_sigma_max=0.05, lr=2e-4, optimizer="adamw",
+                                         frozen_parameters=("bottleneck_layers.*.emb_layers.*",))
+    published_marker = "mixing_weights"
 
     @register_to_config
     def __init__(
@@ -112,6 +120,50 @@ class ReadoutOperator(ModelMixin, ConfigMixin):
         n = self.config.norm_size
         flat = self.sigma_emb_linear(sigma_emb)
         return self.sigma_emb_norm(resize_map(flat.view(-1, 1, n, n), size))
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """The UNet features, and the mask with a mask channel."""
+        return frozenset({"features", "mask"}) if self.config.mask_channel else frozenset({"features"})
+
+    def missing_input(self, name: str) -> str:
+        if name == "mask":
+            return "this readout operator has a mask channel (random-box inpainting): pass the mask"
+        return super().missing_input(name)
+
+    def forward_arguments(self, inputs: OperatorInputs, prior: SigmaEmbedder | None) -> tuple[tuple, dict]:
+        features = [f.to(self.dtype) for f in inputs.features]
+        mask = inputs.mask if self.config.mask_channel else None
+        return (features, self.unet_sigma_embedding(inputs, prior)), {"mask": mask, "size": inputs.latent_size}
+
+    @classmethod
+    def config_from_published(cls, state: dict[str, Tensor], path: Path) -> dict:
+        """The ``rg_sigma`` layout; the mask channel is read from ``output_head.0.weight``'s input channels."""
+        sigma = "sigma_emb_linear.weight" in state
+        extra = int(sigma)
+        count = int(state_shape(state, "mixing_weights", path)[0])
+        mid, emb = state_shape(state, "bottleneck_layers.0.emb_layers.weight", path)
+        proj = int(state_shape(state, "bottleneck_layers.0.conv3.weight", path)[0])
+        head0 = state_shape(state, "output_head.0.weight", path)
+        mask = int(head0[1]) - proj - extra
+        if mask not in (0, 1):
+            raise SiloError(f"operator checkpoint {path}: output_head.0.weight has {head0[1]} input channels, "
+                            f"expected {proj + extra} or {proj + extra + 1}")
+        cfg = {
+            "latent_channels": int(state_shape(state, "output_head.4.weight", path)[0]),
+            "embedding_dim": int(emb),
+            "feature_channels": [
+                int(state_shape(state, f"bottleneck_layers.{i}.conv1.weight", path)[1]) - extra for i in range(count)
+            ],
+            "bottleneck_channels": int(mid),
+            "projection_dim": proj,
+            "head_channels": [int(head0[0]), int(state_shape(state, "output_head.2.weight", path)[0])],
+            "mask_channel": bool(mask),
+            "sigma_conditioned": sigma,
+        }
+        if sigma:
+            cfg["norm_size"] = int(state_shape(state, "sigma_emb_norm.weight", path)[-1])
+        return cfg
 
     def _check_features(self, features: Sequence[Tensor]) -> None:
         want = list(self.config.feature_channels)
