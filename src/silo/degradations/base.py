@@ -23,22 +23,70 @@ def generators_for(seeds: list[int], device: str | torch.device = "cpu") -> list
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
+#: the batch shape on which undeclared parameter randomness is probed
+PROBE_SHAPE = (1, 3, 64, 64)
+
+
+def params_differ(a: Params, b: Params) -> bool:
+    """Whether two parameter dicts differ in any key or value."""
+
+    def differs(u: Any, v: Any) -> bool:
+        return not torch.equal(u, v) if torch.is_tensor(u) and torch.is_tensor(v) else u != v
+
+    return set(a) != set(b) or any(differs(a[k], b[k]) for k in a)
+
+
 class Degradation:
     """A forward operator ``A`` on ``B x C x H x W`` images in [-1, 1] plus Gaussian noise ``sigma``."""
 
     name: str = "degradation"
+
+    # -- declared capabilities: callers ask these instead of testing names or classes ------------
     #: whether ``A`` is linear (PSLD and adjoint-based methods need this)
     linear: bool = True
     #: whether ``A`` can be back-propagated exactly (JPEG uses a straight-through gradient)
     differentiable: bool = True
-    #: whether ``blur_kernel(params)`` gives the blur kernel (kernel-aware operators need one)
-    has_blur_kernel: bool = False
+    #: whether ``A`` reads ``params["mask"]`` and :meth:`mask` returns it (mask-aware operators take it as
+    #: input; restoring a real photo needs the user's mask, since it cannot be drawn from a seed)
+    uses_mask: bool = False
+    #: whether ``A`` reads a blur kernel (``params["kernel"]`` or a fixed one) and :meth:`blur_kernel`
+    #: returns it (kernel-aware operators read it; a user may pass ``--kernel``)
+    uses_kernel: bool = False
+    #: whether a real measurement cannot be restored without the user's kernel (its kernel is drawn per
+    #: image, so no setting fixes it)
+    needs_kernel: bool = False
+    #: spatial down-scaling factor of ``A`` (image side / measurement side)
+    scale: int = 1
 
     def __init__(self, noise_sigma: float = 0.0, **settings: Any) -> None:
         if noise_sigma < 0:
             raise SiloError(f"noise_sigma must be >= 0, got {noise_sigma}")
         self.noise_sigma = float(noise_sigma)
         self.settings = settings
+
+    @property
+    def has_blur_kernel(self) -> bool:
+        """Alias of :attr:`uses_kernel` for older callers."""
+        return self.uses_kernel
+
+    @property
+    def random_params(self) -> bool:
+        """Whether :meth:`sample_params` draws per-image randomness, so parameter seeds matter.
+
+        Shipped degradations declare it; a subclass that overrides ``sample_params`` without declaring it
+        is probed with two seeds, so that its answer is still true.
+        """
+        if type(self).sample_params is Degradation.sample_params:
+            return False
+        return params_differ(self.sample_params(PROBE_SHAPE, [1]), self.sample_params(PROBE_SHAPE, [2]))
+
+    def capabilities(self) -> dict[str, Any]:
+        """The declared capabilities, for logs and docs."""
+        return {
+            "linear": self.linear, "differentiable": self.differentiable, "uses_mask": self.uses_mask,
+            "uses_kernel": self.uses_kernel, "needs_kernel": self.needs_kernel,
+            "random_params": self.random_params, "scale": self.scale,
+        }
 
     # -- per-image parameters ---------------------------------------------------------------
     def sample_params(self, shape: tuple[int, ...], seeds: list[int]) -> Params:
@@ -106,6 +154,7 @@ class Identity(Degradation):
     """``A(x) = x``: denoising when ``noise_sigma > 0``, unconditional-like sampling otherwise."""
 
     name = "identity"
+    random_params = False
 
     def A(self, x: Tensor, params: Params | None = None) -> Tensor:  # noqa: N802
         return x

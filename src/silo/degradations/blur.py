@@ -75,7 +75,7 @@ def blur(x: Tensor, kernels: Tensor, padding: str = "reflect") -> Tensor:
 
 class _Blur(Degradation):
     kernel_size: int
-    has_blur_kernel = True
+    uses_kernel = True
 
     def blur_kernel(self, params: Params | None) -> Tensor | None:
         return (params or {}).get("kernel", getattr(self, "kernel", None))
@@ -90,6 +90,9 @@ class _Blur(Degradation):
 
 class GaussianBlur(_Blur):
     name = "gaussian_blur"
+    #: the kernel is fixed by the settings, so a measurement can be restored without the user's kernel
+    needs_kernel = False
+    random_params = False
 
     def __init__(self, kernel_size: int = 61, std: float = 3.0, noise_sigma: float = 0.0) -> None:
         if kernel_size < 1 or std <= 0:
@@ -107,6 +110,9 @@ class MotionBlur(_Blur):
     """Motion blur with a random kernel drawn per image from its seed (or given as ``params['kernel']``)."""
 
     name = "motion_blur"
+    #: each image has its own random kernel: a real measurement needs the user's kernel
+    needs_kernel = True
+    random_params = True
 
     def __init__(self, kernel_size: int = 61, intensity: float = 0.5, noise_sigma: float = 0.0) -> None:
         if kernel_size < 3 or not 0 <= intensity <= 1:

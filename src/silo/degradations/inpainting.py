@@ -15,6 +15,7 @@ from silo.errors import SiloError
 
 class Inpainting(Degradation):
     name = "inpainting"
+    uses_mask = True
 
     def __init__(
         self, box: str = "center", box_fraction: float = 0.5, margin_fraction: float = 1 / 32, noise_sigma: float = 0.0
@@ -27,6 +28,11 @@ class Inpainting(Degradation):
         self.box = box
         self.box_fraction = float(box_fraction)
         self.margin_fraction = float(margin_fraction)
+
+    @property
+    def random_params(self) -> bool:
+        """A random box is drawn per image; a centre box is the same for every seed."""
+        return self.box == "random"
 
     def box_size(self, height: int, width: int) -> tuple[int, int]:
         return max(1, round(height * self.box_fraction)), max(1, round(width * self.box_fraction))

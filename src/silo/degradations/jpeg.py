@@ -36,6 +36,7 @@ class JPEG(Degradation):
     name = "jpeg"
     linear = False
     differentiable = False
+    random_params = False
 
     def __init__(self, quality: int = 10, noise_sigma: float = 0.0) -> None:
         if not 1 <= int(quality) <= 95:

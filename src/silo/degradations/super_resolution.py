@@ -11,6 +11,7 @@ from silo.errors import SiloError
 
 class SuperResolution(Degradation):
     name = "super_resolution"
+    random_params = False
 
     def __init__(self, scale: int = 4, noise_sigma: float = 0.0) -> None:
         if int(scale) != scale or scale < 1:

@@ -1,4 +1,4 @@
-"""Task files: a degradation, its noise level and the sampler defaults, as small YAML files.
+"""Task files: a degradation (which owns the noise level) and the sampler defaults, as small YAML files.
 
 The shipped tasks live in ``silo/degradations/tasks/*.yaml``; a user may pass a path to their own file.
 """
@@ -34,9 +34,13 @@ class Task:
     name: str
     description: str
     degradation: Degradation
-    noise_sigma: float
     sampling: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+
+    @property
+    def noise_sigma(self) -> float:
+        """The degradation's noise level: it owns the noise, so the two cannot disagree."""
+        return self.degradation.noise_sigma
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,7 +93,6 @@ def task_from_dict(data: Any, name: str, source: str) -> Task:
         name=str(data.get("name", name)),
         description=str(data.get("description", "")),
         degradation=build_degradation(data.get("degradation"), noise, source),
-        noise_sigma=noise,
         sampling=sampling,
         source=source,
     )
@@ -114,6 +117,5 @@ def load_task(name_or_path: str | Path, noise_sigma: float | None = None) -> Tas
         raise SiloError(f"{source}: malformed YAML ({first})") from None
     task = task_from_dict(data, name, source)
     if noise_sigma is not None:
-        task.noise_sigma = float(noise_sigma)
         task.degradation.noise_sigma = float(noise_sigma)
     return task
