@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from silo.cli import main
-from silo.evaluation.bench import METHODS, PAIRED_REFERENCE, REFERENCE_OPS, add_ratios, check_targets
+from silo.evaluation.bench import REFERENCE_OPS, add_ratios, bench_methods, check_targets, paired_reference
 from silo.evaluation.memory import PeakMemory
 
 
@@ -28,20 +28,20 @@ def test_quick_bench_writes_valid_json(tmp_path, capsys):
     (run,) = data["runs"]
     assert (run["prior"], run["size"], run["dtype"]) == ("tiny-random", 32, "float32")
     assert set(run["reference"]) == set(REFERENCE_OPS)
-    assert set(run["methods"]) == set(METHODS)
+    assert set(run["methods"]) == set(bench_methods())
     for name, m in run["methods"].items():
         assert m["seconds_per_step"] > 0 and len(m["step_seconds"]) == 2, name
         assert m["peak_memory_bytes"] > 0 and m["ratio_to_unet_forward"] > 0
         pair = m["paired_reference"]  # the reference op ran once after every step
-        assert pair["op"] == PAIRED_REFERENCE[name] and len(pair["all_seconds"]) == 2 and pair["seconds"] > 0
+        assert pair["op"] == paired_reference(name) and len(pair["all_seconds"]) == 2 and pair["seconds"] > 0
         assert m["ratio_to_paired_reference"] == pytest.approx(m["step_seconds"][1] / pair["all_seconds"][1])
     assert run["methods"]["ldps"]["ratio_to_ldps"] == 1.0 and run["methods"]["ldps"]["paired_ratio_to_ldps"] == 1.0
-    assert run["methods"]["silo_x0"]["paired_ratio_to_ldps"] is None  # paired with another op than LDPS
+    assert run["methods"]["silo_x0[cnn]"]["paired_ratio_to_ldps"] is None  # paired with another op than LDPS
     assert 0 < data["runtime_memory_bytes"] == run["runtime_memory_bytes"] < run["methods"]["ldps"]["peak_memory_bytes"]
     assert run["methods"]["ldps"]["model_memory_bytes"] == (run["methods"]["ldps"]["peak_memory_bytes"]
                                                              - data["runtime_memory_bytes"])
     assert data["targets"] == []  # targets concern SD 1.5 at 512 px only
-    assert "silo_cnn" in capsys.readouterr().out
+    assert "silo[cnn]" in capsys.readouterr().out
     assert main(["bench", "--quick", "--output", str(out)]) == 2  # never overwritten
 
 
@@ -49,14 +49,14 @@ def test_ratios_and_targets():
     run = {"prior": "sd15", "size": 512, "dtype": "float32",
            "reference": {"unet_forward": {"seconds": 10.0}, "unet_forward_backward": {"seconds": 20.0}},
            "methods": {"ldps": {"seconds_per_step": 80.0, "peak_memory_bytes": 12},
-                       "silo_cnn": {"seconds_per_step": 21.0, "peak_memory_bytes": 7},
-                       "silo_x0": {"seconds_per_step": 11.0, "peak_memory_bytes": 4},
+                       "silo[cnn]": {"seconds_per_step": 21.0, "peak_memory_bytes": 7},
+                       "silo_x0[cnn]": {"seconds_per_step": 11.0, "peak_memory_bytes": 4},
                        "psld": {"error": "out of memory"}},
            "runtime_memory_bytes": 2, "runtime_memory_kind": "cpu_rss_before_models"}
     add_ratios(run)
-    silo_cnn = run["methods"]["silo_cnn"]
+    silo_cnn = run["methods"]["silo[cnn]"]
     assert silo_cnn["ratio_to_ldps"] == pytest.approx(21 / 80)
-    assert run["methods"]["silo_x0"]["ratio_to_unet_forward"] == pytest.approx(1.1)
+    assert run["methods"]["silo_x0[cnn]"]["ratio_to_unet_forward"] == pytest.approx(1.1)
     assert silo_cnn["peak_memory_ratio_to_ldps"] == pytest.approx(7 / 12)
     assert (silo_cnn["model_memory_bytes"], silo_cnn["model_memory_ratio_to_ldps"]) == (5, pytest.approx(5 / 10))
     results = {t["target"]: t["passed"] for t in check_targets([run])}
@@ -65,11 +65,11 @@ def test_ratios_and_targets():
     assert check_targets([{**run, "size": 256}]) == []
     # paired with a reference run between its own steps: these ratios win over the drifting reference block
     paired = {**run, "methods": {k: dict(v) for k, v in run["methods"].items()}}
-    for name, ratio in (("silo_cnn", 1.05), ("ldps", 4.5)):
+    for name, ratio in (("silo[cnn]", 1.05), ("ldps", 4.5)):
         paired["methods"][name].update(paired_reference={"op": "unet_forward_backward"}, ratio_to_paired_reference=ratio)
-    paired["methods"]["silo_x0"].update(paired_reference={"op": "unet_forward"}, ratio_to_paired_reference=1.2)
+    paired["methods"]["silo_x0[cnn]"].update(paired_reference={"op": "unet_forward"}, ratio_to_paired_reference=1.2)
     add_ratios(paired)
-    assert paired["methods"]["silo_cnn"]["paired_ratio_to_ldps"] == pytest.approx(1.05 / 4.5)
+    assert paired["methods"]["silo[cnn]"]["paired_ratio_to_ldps"] == pytest.approx(1.05 / 4.5)
     targets = check_targets([paired])
     assert [t["value"] for t in targets][:2] == [pytest.approx(1.05 / 4.5), 1.05] and targets[4]["value"] == 1.2
     assert [t["passed"] for t in targets] == [True, True, False, True, False]
@@ -78,7 +78,7 @@ def test_ratios_and_targets():
     cuda = {**run, "methods": {k: dict(v) for k, v in run["methods"].items()}, "runtime_memory_bytes": 0,
             "runtime_memory_kind": "none: CUDA's counter holds tensors only"}
     add_ratios(cuda)  # no CPU baseline: no second memory figure, and its target is not checked
-    assert cuda["methods"]["silo_cnn"]["model_memory_ratio_to_ldps"] is None
+    assert cuda["methods"]["silo[cnn]"]["model_memory_ratio_to_ldps"] is None
     assert [t["passed"] for t in check_targets([cuda])] == [False, True, False, None, True]
 
 
@@ -123,7 +123,7 @@ def test_paired_reference_time_stays_out_of_the_step(tiny_bench, monkeypatch):
 
     monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=perf_counter))
     monkeypatch.setattr(bench, "reference_fns", lambda bp, size: {op: reference for op in REFERENCE_OPS})
-    m = bench.time_method(tiny_bench, "silo_cnn", 32, warmup=1, repeats=1)
+    m = bench.time_method(tiny_bench, "silo[cnn]", 32, warmup=1, repeats=1)
     assert len(m["step_seconds"]) == len(m["paired_reference"]["all_seconds"]) == 2
     assert all(r >= 100.0 for r in m["paired_reference"]["all_seconds"])
     assert all(0 < s < 1.0 for s in m["step_seconds"])

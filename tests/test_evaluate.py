@@ -68,7 +68,7 @@ def rows(out: Path) -> dict:
 def test_logs_and_table(single):
     logs = sorted((single / "runs").glob("*.json"))
     assert len(logs) == 2 * (3 + 2)  # 2 images x (sr4: silo, ldps, psld + jpeg: silo, ldps)
-    log = json.loads((single / "runs" / "img0_sr4_ldps_s1000.json").read_text())
+    log = json.loads(next((single / "runs").glob("img0_sr4_ldps_s1000_*.json")).read_text())
     assert log["method"] == "ldps" and log["method_options"] == {"zeta": DEFAULT_ZETA}
     for key in ("psnr", "ssim", "consistency_psnr", "seconds", "seconds_per_step", "peak_memory_bytes"):
         assert isinstance(log["metrics"][key], (int, float)), key
@@ -98,8 +98,8 @@ def test_resume_skips_finished_results(setup, single, monkeypatch, capsys):
     real = silo.pipeline.restore
     monkeypatch.setattr(silo.pipeline, "restore", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(argv(setup, single)) == 0
-    assert calls == [] and "10 already done" in capsys.readouterr().err
-    stem = "img1_jpeg_silo-cnn_s1000"
+    assert calls == [] and "already done 10" in capsys.readouterr().err
+    stem = next((single / "runs").glob("img1_jpeg_silo_s1000_*.json")).stem
     before = json.loads((single / "runs" / f"{stem}.json").read_text())
     for suffix in (".json", ".png"):
         (single / "runs" / f"{stem}{suffix}").unlink()
@@ -140,14 +140,14 @@ def test_method_options_sweep(setup, tmp_path):
                 if _heldout_available() else args) == 0
     table = rows(tmp_path)
     assert {m for _, m in table} == {"ldps(zeta=0.5)", "ldps(zeta=2)", "silo[cnn](eta=0.25)"}
-    log = json.loads(next((tmp_path / "runs").glob("img0_sr4_ldps-zeta2_*.json")).read_text())
+    log = json.loads(next((tmp_path / "runs").glob("img0_sr4_ldps-zeta2_s1000_*.json")).read_text())
     assert log["method_options"] == {"zeta": 2.0}
-    silo_log = json.loads(next((tmp_path / "runs").glob("img0_sr4_silo-cnn-eta0.25_*.json")).read_text())
+    silo_log = json.loads(next((tmp_path / "runs").glob("img0_sr4_silo-eta0.25_s1000_*.json")).read_text())
     assert silo_log["settings"]["eta"] == 0.25
 
 
 def _heldout_available() -> bool:
-    from silo.evaluation.sources import photo_items
+    from silo.runs.items import photo_items
 
     try:
         photo_items("heldout", 1, 32)
@@ -186,7 +186,7 @@ def test_training_crops_are_deterministic_and_come_from_training_photos(monkeypa
     import numpy as np
 
     from silo.data import photos
-    from silo.evaluation.sources import photo_items
+    from silo.runs.items import photo_items
 
     fake = {"a": np.full((80, 120, 3), 10, np.uint8), "b": np.full((100, 100, 3), 200, np.uint8)}
     monkeypatch.setattr(photos, "training_photos", lambda verify=True: fake)
@@ -241,24 +241,22 @@ def test_naive_estimate_is_the_measurement_at_image_size(setup, tmp_path):
 
 def test_baselines_alone_start_where_they_would_beside_silo(tmp_path):
     """The operator card's warm start applies to every method of a run, with or without SILO in it."""
-    from silo.cli import build_parser
-    from silo.cli._restore_impl import _settings
+    import torch as _torch
+
     from silo.degradations.tasks import load_task
-    from silo.evaluation.evaluate import card_source
-    from silo.models import default_operator_path, default_prior_path
+    from silo.models import default_operator_path
+    from silo.runs.models import Models
+    from silo.runs.restore import build_setup
 
     task = load_task("sr4")
     card = json.loads((default_operator_path("sr4") / "model_card.json").read_text())
-    parse = lambda *extra: build_parser().parse_args(["evaluate", "--tasks", "sr4", "--output-dir", str(tmp_path), *extra])
-    alone = parse("--methods", "ldps")
-    source = card_source(alone, "sr4", {})
-    assert source == str(default_operator_path("sr4"))
-    settings = _settings(alone, task, None, default_prior_path(), source)
-    assert settings.start_strength == card["recommended_start_strength"] < 1.0
-    loaded = {"sr4": {"source": str(tmp_path / "op")}}  # a loaded operator's card wins
-    assert card_source(alone, "sr4", loaded) == str(tmp_path / "op")
-    other_prior = parse("--methods", "ldps", "--prior", str(tmp_path))  # silo-tiny's cards do not apply to it
-    assert card_source(other_prior, "sr4", {}) is None
+    models = Models.load(None, _torch.device("cpu"), _torch.float32)
+    alone = build_setup(models, task, "ldps", {}, {})
+    assert alone.operator is None and alone.resolved.settings.start_strength == card["recommended_start_strength"] < 1.0
+    assert alone.resolved.sources["start_strength"] == f"operator card {default_operator_path('sr4').name}"
+    beside = build_setup(models, task, "silo", {}, {})
+    assert beside.resolved.settings.start_strength == alone.resolved.settings.start_strength
+    assert Models(models.prior, "elsewhere", models.device).operator_card(task, "ldps").recommended_eta is None
 
 
 def test_param_draws_measure_each_image_under_several_kernels(setup, tmp_path, capsys):

@@ -40,7 +40,7 @@ def test_restore_with_a_text_conditioned_prior_and_prompt(tmp_path):
                "--operator", str(tmp_path / "op"), "--steps", "2", "--prompt", "a face", "--guidance-scale", "2",
                "--cfg-fix", "--no-progress", "--output-dir", str(tmp_path / "o")])
     assert rc == 0
-    assert (tmp_path / "o" / "x_sr4_silo_s1000.json").is_file()
+    assert len(list((tmp_path / "o").glob("x_sr4_silo_s1000_*.json"))) == 1
 
 
 def test_offline_hub_id_fails_clearly(monkeypatch, tmp_path):

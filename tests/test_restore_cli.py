@@ -60,7 +60,18 @@ def run(models, *args, operator="cnn", steps="2"):
 
 
 def outputs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """File names with the identity key taken out (``NAME_TASK_METHOD_sSEED_KEY.png`` -> ``..._sSEED.png``)."""
+    import re
+
+    names = [re.sub(r"_[0-9a-f]{8}(?=(_grid)?\.(png|json)$)", "", p.name) for p in folder.iterdir()] if folder.exists() else []
+    return sorted(names)
+
+
+def one(folder: Path, prefix: str, suffix: str = ".json") -> Path:
+    """The single result file ``PREFIX_KEY{suffix}`` in ``folder``."""
+    found = sorted(Path(folder).glob(f"{prefix}_" + "[0-9a-f]" * 8 + suffix))
+    assert len(found) == 1, f"{prefix}*{suffix} in {folder}: {found}"
+    return found[0]
 
 
 @pytest.mark.parametrize("kind", ["cnn", "readout"])
@@ -71,15 +82,15 @@ def test_every_task_and_operator_kind_simulated(models, photos, tmp_path, task, 
     assert rc == 0
     stem = f"photo0_{task}_silo_s1000"
     assert outputs(tmp_path) == sorted([f"{stem}.json", f"{stem}.png", f"{stem}_grid.png"])
-    log = json.loads((tmp_path / f"{stem}.json").read_text())
+    log = json.loads(one(tmp_path, stem).read_text())
     for key in ("psnr", "ssim", "psnr_y", "consistency_psnr", "ms_ssim", "lpips_alex", "seconds"):
         assert key in log["metrics"]
     assert isinstance(log["metrics"]["psnr"], float)
     assert log["task"]["name"] == task and log["mode"] == "simulate"
     assert log["operator"]["kind"] == kind and log["settings"]["steps"] == 2
     assert "torch" in log["versions"] and log["command"]
-    assert Image.open(tmp_path / f"{stem}.png").size == (SIZE, SIZE)
-    grid = Image.open(tmp_path / f"{stem}_grid.png")
+    assert Image.open(one(tmp_path, stem, ".png")).size == (SIZE, SIZE)
+    grid = Image.open(one(tmp_path, stem, "_grid.png"))
     assert grid.size[0] > 4 * SIZE and grid.size[1] > SIZE
 
 
@@ -96,18 +107,18 @@ def test_batch_of_two_matches_single_runs(models, photos, tmp_path):
     assert run(models, str(photos), "--simulate", "--task", "sr4", "--batch-size", "2", "--output-dir", str(tmp_path / "b")) == 0
     assert run(models, str(photos), "--simulate", "--task", "sr4", "--output-dir", str(tmp_path / "s")) == 0
     for name in ("photo0", "photo1"):
-        a = np.asarray(Image.open(tmp_path / "b" / f"{name}_sr4_silo_s1000.png"), dtype=np.int16)
-        b = np.asarray(Image.open(tmp_path / "s" / f"{name}_sr4_silo_s1000.png"), dtype=np.int16)
+        a = np.asarray(Image.open(one(tmp_path / "b", f"{name}_sr4_silo_s1000", ".png")), dtype=np.int16)
+        b = np.asarray(Image.open(one(tmp_path / "s", f"{name}_sr4_silo_s1000", ".png")), dtype=np.int16)
         assert np.abs(a - b).max() <= 1
-        assert json.loads((tmp_path / "b" / f"{name}_sr4_silo_s1000.json").read_text())["batch_size"] == 2
+        assert json.loads((one(tmp_path / "b", f"{name}_sr4_silo_s1000", ".json")).read_text())["batch_size"] == 2
 
 
 def test_measurement_mode_upscales_a_low_resolution_photo(models, tmp_path):
     low = tmp_path / "low.png"
     Image.fromarray(np.full((16, 24, 3), 120, np.uint8)).save(low)
     assert run(models, str(low), "--task", "sr4", "--output-dir", str(tmp_path / "o")) == 0
-    assert Image.open(tmp_path / "o" / "low_sr4_silo_s1000.png").size == (96, 64)
-    log = json.loads((tmp_path / "o" / "low_sr4_silo_s1000.json").read_text())
+    assert Image.open(one(tmp_path / "o", "low_sr4_silo_s1000", ".png")).size == (96, 64)
+    log = json.loads((one(tmp_path / "o", "low_sr4_silo_s1000", ".json")).read_text())
     assert log["mode"] == "measurement" and "consistency_psnr_vs_measurement" in log["metrics"]
 
 
@@ -207,7 +218,7 @@ def test_too_large_and_wrong_size_images(models, tmp_path, capsys):
     assert "not a multiple of 8 px" in err and "--pad" in err
     assert outputs(tmp_path / "b") == []
     assert run(models, str(odd), "--simulate", "--task", "jpeg", "--pad", "--output-dir", str(tmp_path / "c")) == 0
-    assert Image.open(tmp_path / "c" / "odd_jpeg_silo_s1000.png").size == (68, 60)
+    assert Image.open(one(tmp_path / "c", "odd_jpeg_silo_s1000", ".png")).size == (68, 60)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +292,7 @@ def test_preset_runs_a_published_format_file_with_the_scripts_settings(models, p
     rc = main(["restore", "--preset", "cnn-ffhq-sr8", "--weights-dir", str(weights), "--prior", str(models / "prior"),
                "--steps", "2", "--no-progress", str(photos / "photo0.png"), "--simulate", "--output-dir", str(tmp_path / "o")])
     assert rc == 0
-    log = json.loads((tmp_path / "o" / "photo0_sr8_silo_s1000.json").read_text())
+    log = json.loads((one(tmp_path / "o", "photo0_sr8_silo_s1000", ".json")).read_text())
     assert log["preset"] == "cnn-ffhq-sr8" and log["task"]["name"] == "sr8"
     assert log["settings"]["eta"] == 0.5 and log["settings"]["clamp_measurement"] is True
     assert log["settings"]["prompt"] == "A high quality photo of a face"
@@ -290,11 +301,12 @@ def test_preset_runs_a_published_format_file_with_the_scripts_settings(models, p
 
 def test_interrupted_write_leftovers_do_not_block_resumption(models, photos, tmp_path, capsys):
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "photo0_sr4_silo_s1000.png").write_bytes(b"half-written by a killed run")
+    assert run(models, str(photos / "photo0.png"), "--simulate", "--task", "sr4", "--output-dir", str(out)) == 0
+    one(out, "photo0_sr4_silo_s1000").unlink()  # a run killed after its image, before its log
+    one(out, "photo0_sr4_silo_s1000", ".png").write_bytes(b"half-written by a killed run")
     assert run(models, str(photos / "photo0.png"), "--simulate", "--task", "sr4", "--output-dir", str(out)) == 0
     assert "incomplete leftover" in capsys.readouterr().err
-    assert Image.open(out / "photo0_sr4_silo_s1000.png").size == (SIZE, SIZE)
+    assert Image.open(one(out, "photo0_sr4_silo_s1000", ".png")).size == (SIZE, SIZE)
 
 
 def test_measurement_mode_pad_for_super_resolution(models, tmp_path):
@@ -302,8 +314,8 @@ def test_measurement_mode_pad_for_super_resolution(models, tmp_path):
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (15, 17, 3), dtype=np.uint8)).save(low)
     assert run(models, str(low), "--task", "sr4", "--output-dir", str(tmp_path / "a")) == 1
     assert run(models, str(low), "--task", "sr4", "--pad", "--output-dir", str(tmp_path / "b")) == 0
-    assert Image.open(tmp_path / "b" / "low_sr4_silo_s1000.png").size == (68, 60)
-    grid = Image.open(tmp_path / "b" / "low_sr4_silo_s1000_grid.png")
+    assert Image.open(one(tmp_path / "b", "low_sr4_silo_s1000", ".png")).size == (68, 60)
+    grid = Image.open(one(tmp_path / "b", "low_sr4_silo_s1000", "_grid.png"))
     assert grid.size[0] < 4 * 72, "grid panels are shown at the true size, not the padded one"
 
 
@@ -321,7 +333,7 @@ def test_user_degradation_from_a_python_file(models, photos, tmp_path):
     rc = run(models, str(photos / "photo0.png"), "--simulate", "--degradation", f"{mod}:darken", "--noise-sigma", "0.01",
              "--output-dir", str(tmp_path / "o"))
     assert rc == 0
-    log = json.loads((tmp_path / "o" / "photo0_user-mydeg_silo_s1000.json").read_text())
+    log = json.loads((one(tmp_path / "o", "photo0_user-mydeg_silo_s1000", ".json")).read_text())
     assert log["task"]["source"] == f"{mod}:darken" and log["task"]["noise_sigma"] == 0.01
 
 
@@ -329,72 +341,8 @@ def test_peer_methods_with_options_through_restore(models, photos, tmp_path, cap
     rc = run(models, str(photos / "photo0.png"), "--simulate", "--task", "sr4", "--method", "ldps", "--method-option",
              "zeta=0.5", "--output-dir", str(tmp_path / "o"), operator=None)
     assert rc == 0
-    log = json.loads((tmp_path / "o" / "photo0_sr4_ldps_s1000.json").read_text())
+    log = json.loads((one(tmp_path / "o", "photo0_sr4_ldps-zeta0.5_s1000", ".json")).read_text())
     assert log["method"] == "ldps" and log["method_options"] == {"zeta": 0.5} and log["operator"] is None
     rc = run(models, str(photos / "photo0.png"), "--simulate", "--method", "ldps", "--method-option", "gamma=1",
              "--output-dir", str(tmp_path / "p"), operator=None)
     assert rc == 2 and "no selected method takes 'gamma'" in capsys.readouterr().err
-
-
-def test_measurement_clamp_flag_then_preset_then_prior_card_then_task(tmp_path):
-    """The [-4, 4] clamp of E(y) is about a latent space: a prior card may turn off what the task asks for."""
-    from silo.cli import build_parser
-    from silo.cli._restore_impl import _settings
-    from silo.degradations.tasks import load_task
-    from silo.presets import PRESETS, get_preset
-
-    sr4, jpeg = load_task("sr4"), load_task("jpeg")  # the tasks clamp / do not clamp
-    preset = get_preset(next(iter(PRESETS)))
-
-    def clamp(argv, task=sr4, preset=None):
-        args = build_parser().parse_args(["restore", "x.png", *argv])
-        return _settings(args, task, preset, tmp_path).clamp_measurement
-
-    assert (clamp([]), clamp([], jpeg)) == (True, False)  # no card: the task's
-    (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": False}))
-    assert (clamp([]), clamp([], jpeg)) == (False, False)  # the prior's card
-    assert clamp(["--clamp-measurement"]) is True
-    (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": True}))
-    assert clamp([], jpeg) is True
-    assert preset.clamp is False and clamp([], preset=preset) is False  # the preset's, over the card's
-    assert clamp(["--no-clamp-measurement"]) is False  # the flag, over the card's
-    (tmp_path / "silo_prior.json").write_text(json.dumps({"clamp_measurement": "no"}))
-    with pytest.raises(SiloError, match="clamp_measurement must be true or false"):
-        clamp([])
-
-
-def test_eta_precedence_flag_then_preset_then_operator_card_then_task(tmp_path):
-    from silo.cli import build_parser
-    from silo.cli._restore_impl import _settings
-    from silo.degradations.tasks import load_task
-    from silo.presets import get_preset
-
-    task = load_task("sr4")  # the task's own eta is 0.5
-    card_dir = tmp_path / "op"
-    card_dir.mkdir()
-    (card_dir / "model_card.json").write_text(json.dumps({"recommended_eta": 0.7}))
-    from silo.presets import PRESETS
-
-    preset = get_preset(next(iter(PRESETS)))
-
-    def eta(argv, preset=None, operator=None):
-        args = build_parser().parse_args(["restore", "x.png", *argv])
-        return _settings(args, task, preset, tmp_path, operator).eta
-
-    assert eta([]) == task.sampling["eta"] == 0.5
-    assert eta([], operator=card_dir) == 0.7
-    assert eta([], operator=tmp_path / "published.pt") == 0.5  # a .pt file has no card
-    assert eta([], preset=preset, operator=card_dir) == preset.eta
-    assert eta(["--eta", "0.125"], preset=preset, operator=card_dir) == 0.125
-
-    def reference(argv, operator=None):
-        args = build_parser().parse_args(["restore", "x.png", *argv])
-        return _settings(args, task, None, tmp_path, operator).eta_reference_size
-
-    assert reference([], operator=card_dir) is None  # a card without the size: eta as given
-    (card_dir / "model_card.json").write_text(json.dumps({"recommended_eta": 0.7, "recommended_eta_size": 64}))
-    assert reference([], operator=card_dir) == 64  # the card's eta is scaled from the size it was tuned at
-    assert reference(["--eta", "0.7"], operator=card_dir) is None  # an explicit --eta is used as given
-    (card_dir / "model_card.json").write_text(json.dumps({"recommended_eta": "fast"}))
-    with pytest.raises(SiloError, match="recommended_eta must be a number"):
-        eta([], operator=card_dir)

@@ -8,7 +8,7 @@ import torch
 from silo.degradations import load_task
 from silo.errors import SiloError
 from silo.pipeline import restore
-from silo.samplers import Problem, SamplerSettings, silo
+from silo.samplers import SAMPLERS, Problem, SamplerSettings
 from silo.testing import random_images
 
 
@@ -113,7 +113,7 @@ def test_bad_settings(tiny_prior, operator):
         _run(tiny_prior, operator, random_images(1, (36, 36)), [1])
     problem = Problem(load_task("sr4").degradation, torch.zeros(1, 3, 8, 8), seeds=[1])
     with pytest.raises(SiloError, match="needs a latent operator"):
-        silo(tiny_prior, problem, SamplerSettings(steps=2))
+        SAMPLERS["silo"](tiny_prior, problem, SamplerSettings(steps=2))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -191,7 +191,7 @@ def test_warm_start_runs_the_last_part_of_the_schedule(tiny_prior, operator, met
                   operator=operator if method.startswith("silo") else None,
                   callback=lambda info: seen.append(int(info["t"])))
     full = SamplerSettings(steps=10)
-    from silo.samplers.common import make_scheduler
+    from silo.samplers.context import make_scheduler
 
     timesteps = [int(t) for t in make_scheduler(tiny_prior, full).timesteps]
     assert seen == timesteps[-3:] and res.steps == settings.steps_run == 3
@@ -261,7 +261,7 @@ def test_kernel_aware_operator_reads_each_images_kernel(tiny_prior, method):
 
 
 def test_kernel_aware_operator_is_refused_for_a_task_without_a_kernel(tiny_prior, tmp_path):
-    from silo.evaluation.sources import load_task_operator
+    from silo.runs.models import load_task_operator
     from silo.operators import CNNOperator
 
     CNNOperator(latent_channels=4, embedding_dim=tiny_prior.embedding_dim, blur_kernel_scale=tiny_prior.vae_scale

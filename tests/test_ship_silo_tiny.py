@@ -94,7 +94,7 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     assert len(sweep) == 4
     best = f"start_strength={op_card['recommended_start_strength']:g},eta={op_card['recommended_eta']:g}"
     assert sweep[best] == max(sweep.values())
-    heldout_log = json.loads(next((runs / "ship").glob("*/crops-cnn/runs/*_sr4_silo-cnn_*.json")).read_text())
+    heldout_log = json.loads(next((runs / "ship").glob("*/crops-cnn/runs/*_sr4_silo_*.json")).read_text())
     assert heldout_log["settings"]["eta"] == op_card["recommended_eta"]
     assert heldout_log["settings"]["start_strength"] == op_card["recommended_start_strength"]
     assert heldout_log["settings"]["scheduler"] == "ddim"
@@ -115,7 +115,9 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     log = json.loads(next(out.glob("*.json")).read_text())
     assert log["settings"]["steps"] == 2 and log["metrics"]["psnr"] > 0
     chosen = json.loads((silo.models.default_operator_path("sr4") / "model_card.json").read_text())
-    assert log["settings"]["eta"] == chosen["recommended_eta"]  # the operator card's step size by default
+    # the operator card's step size by default, logged as used: scaled from the side it was tuned at to 256 px
+    assert log["settings"]["eta"] == pytest.approx(chosen["recommended_eta"] * 256 / chosen["recommended_eta_size"])
+    assert log["setting_sources"]["eta"].startswith(f"operator card sr4-{card['default_operator']['sr4']}")
     assert log["settings"]["start_strength"] == chosen["recommended_start_strength"]
     assert log["settings"]["scheduler"] == "ddim"  # the prior card's default scheduler
     assert main(["restore", "--simulate", "--example", "astronaut", "--task", "sr4", "--output-dir", str(out / "e"),

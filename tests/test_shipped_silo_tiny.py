@@ -22,9 +22,9 @@ N_CROPS, STEPS_CAP = 8, 100
 
 @pytest.fixture(scope="module")
 def prior():
-    from silo.priors import Prior
+    from silo.runs.models import load_prior
 
-    return Prior.from_pretrained(str(default_prior_path()))
+    return load_prior(default_prior_path(), torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +51,23 @@ def test_card_lists_every_task_and_a_measured_table():
 def test_shipped_restoration_beats_the_measurement_alone(task_name, prior, crops):
     from dataclasses import replace
 
-    from silo.cli import build_parser
-    from silo.cli._restore_impl import _settings
     from silo.degradations.tasks import load_task
     from silo.evaluation.metrics import psnr
-    from silo.evaluation.sources import load_task_operator
     from silo.pipeline import restore
+    from silo.runs.models import Models
+    from silo.runs.restore import build_setup
 
     task = load_task(task_name)
     kind = CARD["default_operator"][task_name]
-    source = default_operator_path(task_name)
-    operator = load_task_operator(source, kind, prior, task, prior.device)
+    models = Models(prior, str(default_prior_path()), prior.device, shipped_prior=True)
     # the settings `silo restore --task TASK` uses with nothing else given, the steps capped for CI
-    args = build_parser().parse_args(["restore", "--example", "astronaut", "--task", task_name])
-    settings = _settings(args, task, None, default_prior_path(), source)
+    setup = build_setup(models, task, "silo", {}, {})
+    assert setup.kind == kind
+    settings = setup.resolved.at_size(64, 64).settings
     settings = replace(settings, steps=min(settings.steps, STEPS_CAP))
     seeds = list(range(1000, 1000 + N_CROPS))
     naive = restore(prior, task, settings, seeds, reference=crops, method="naive", show_progress=False)
-    silo = restore(prior, task, settings, seeds, reference=crops, operator=operator, show_progress=False)
+    silo = restore(prior, task, settings, seeds, reference=crops, operator=setup.operator, show_progress=False)
     gain = (sum(psnr(silo.output, crops)) - sum(psnr(naive.output, crops))) / N_CROPS
     row = CARD["evaluation"]["heldout_crops_64"]["table"][task_name]
     card_gain = row[f"silo[{kind}]"]["psnr"] - row["naive"]["psnr"]

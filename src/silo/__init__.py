@@ -9,4 +9,26 @@ from silo.errors import SiloError
 
 __version__ = "0.1.0"
 
-__all__ = ["SiloError", "__version__"]
+#: the public names, imported on first use so that ``import silo`` (and ``silo --help``) stays light
+_LAZY = {
+    "restore": ("silo.api", "restore"),
+    "Result": ("silo.api", "Result"),
+    "resolve": ("silo.settings", "resolve"),
+    "SamplerSettings": ("silo.settings", "SamplerSettings"),
+    "SAMPLERS": ("silo.samplers.registry", "SAMPLERS"),
+    "register_sampler": ("silo.samplers.registry", "register_sampler"),
+    "Prior": ("silo.priors.prior", "Prior"),
+    "load_task": ("silo.degradations.tasks", "load_task"),
+    "load_operator": ("silo.operators", "load_operator"),
+}
+
+__all__ = ["SiloError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'silo' has no attribute {name!r}")

@@ -18,26 +18,11 @@ from silo.degradations.base import Params
 from silo.degradations.tasks import Task
 from silo.errors import SiloError
 from silo.priors.prior import Prior
-from silo.samplers import SAMPLERS, Problem, SamplerSettings
+from silo.samplers import Problem, SamplerSettings
 from silo.samplers.common import Callback, check_finite
+from silo.samplers.registry import NAIVE, get_sampler, method_names, refusal
 
-
-#: the measurement-only estimate: the degraded image brought to the image's size (bicubic up-sampling for SR,
-#: the blurred / JPEG / masked image otherwise), no prior involved; the line any restoration must beat
-NAIVE = "naive"
-
-
-def method_names() -> list[str]:
-    """Every method ``restore`` runs: the registered samplers and the naive estimate."""
-    return [*SAMPLERS, NAIVE]
-
-
-def logged_settings(method: str, settings: SamplerSettings) -> dict:
-    """The settings a log records: the naive estimate samples nothing, so it records no steps or step size."""
-    values = settings.to_dict()
-    if method == NAIVE:
-        values.update(steps=0, eta=None)
-    return values
+__all__ = ["NAIVE", "Restoration", "method_names", "padded_size", "restore"]
 
 
 @dataclass
@@ -54,9 +39,7 @@ class Restoration:
 
 def padded_size(prior: Prior, task: Task, height: int, width: int) -> tuple[int, int]:
     """The smallest image size >= ``height x width`` that the prior (and an SR factor) can take."""
-    multiple = prior.size_multiple
-    scale = getattr(task.degradation, "scale", 1)
-    multiple = math.lcm(multiple, int(scale))
+    multiple = math.lcm(prior.size_multiple, int(task.degradation.scale))
     return math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
 
 
@@ -94,11 +77,15 @@ def restore(
     inpainting masks mark the padding as known), sampling at the padded size and cropping the result back;
     the degradation itself always runs at the true size, so masks, metrics and ``A(output)`` are unaffected.
     ``method_options`` are the sampler's keyword-only step sizes (e.g. ``{"zeta": 0.5}`` for ``ldps``).
+    ``seeds`` are the images' own seeds (the runner derives them from the run's seed and each image).
     """
     if (reference is None) == (measurement is None):
         raise ValueError("give exactly one of reference= (simulation) or measurement=")
     if method not in method_names():
         raise SiloError(f"unknown method {method!r} (choose from {', '.join(method_names())})")
+    why = refusal(method, task.degradation, operator)
+    if why:
+        raise SiloError(why)
     deg = task.degradation
     device = prior.device
     start = time.perf_counter()
@@ -110,7 +97,7 @@ def restore(
         params = {k: v.to(device) for k, v in params.items()}
         with torch.no_grad():
             a_reference = deg.A(reference, params)
-            y = deg.add_noise(a_reference, seeds)
+            y = deg.measure(reference, params, seeds)
     else:
         params = {k: v.to(device) for k, v in (params or {}).items()}
         y = measurement.to(device, torch.float32)
@@ -136,8 +123,8 @@ def restore(
         y_run = _pad(y, deg.measurement_shape(*size))
         params_run = {k: (_pad(v, size, "constant", 1.0) if k == "mask" else v) for k, v in params.items()}
     problem = Problem(deg, y_run, params_run, list(seeds), size)
-    z0 = SAMPLERS[method](prior, problem, settings, operator=operator, callback=callback, show_progress=show_progress,
-                          **(method_options or {}))
+    z0 = get_sampler(method)(prior, problem, settings, operator=operator, callback=callback,
+                             show_progress=show_progress, **(method_options or {}))
     with torch.no_grad():
         output = prior.decode(z0).float().clamp(-1, 1)[..., :height, :width]
         check_finite(output, settings.steps, "the decoded image")

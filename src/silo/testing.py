@@ -98,3 +98,61 @@ def random_images(batch: int = 1, size: tuple[int, int] = (32, 32), seed: int = 
     small = torch.rand(batch, 3, max(2, size[0] // 8), max(2, size[1] // 8), generator=g)
     x = torch.nn.functional.interpolate(small, size=size, mode="bilinear", align_corners=False)
     return x * 2 - 1
+
+
+# -- sampler contract: every registered method passes these (tests/test_sampler_contract.py) ----------------
+#: the keys every sampler's per-step callback receives
+CALLBACK_KEYS = {"step", "t", "z", "z0_hat", "loss"}
+
+
+def contract_operator(prior: Prior, task: str = "sr4") -> torch.nn.Module:
+    """A small random CNN operator for ``prior``: what operator-guided methods get in contract checks."""
+    from silo.operators import CNNOperator
+
+    torch.manual_seed(0)
+    return CNNOperator(latent_channels=prior.latent_channels, embedding_dim=prior.embedding_dim,
+                       channels=(8, 8, 8, 8), norm_size=8).eval().requires_grad_(False)
+
+
+def check_sampler_contract(method: str, prior: Prior, operator: torch.nn.Module | None = None, task: str = "sr4",
+                           steps: int = 2) -> None:
+    """Assert the sampler contract for one registered method: batch == single runs; a seed reproduces its
+    result and another seed changes it; any size the prior takes; the callback once per step with
+    :data:`CALLBACK_KEYS`; NaN in the measurement refused with the clear error. Raises AssertionError."""
+    from silo.degradations.tasks import load_task
+    from silo.errors import SiloError
+    from silo.pipeline import restore
+    from silo.samplers.registry import get_sampler
+    from silo.settings import SamplerSettings
+
+    spec = get_sampler(method)
+    op = operator if spec.needs_operator else None
+    deg_task = load_task(task)
+    settings = SamplerSettings(steps=steps, eta=0.5)
+
+    def run(x, seeds, callback=None, **kw):
+        return restore(prior, deg_task, settings, seeds, reference=x, method=method, operator=op, param_seeds=seeds,
+                       show_progress=False, callback=callback, **kw).output
+
+    x = random_images(2, (32, 32), seed=3)
+    batch = run(x, [5, 6])
+    assert batch.shape == x.shape and torch.isfinite(batch).all(), f"{method}: bad output"
+    single = run(x[1:], [6])
+    assert torch.allclose(batch[1:], single, atol=2e-4), f"{method}: a batch differs from single runs"
+    assert torch.equal(run(x[:1], [5]), run(x[:1], [5])), f"{method}: a seed does not reproduce its result"
+    assert not torch.allclose(run(x[:1], [5]), run(x[:1], [7])), f"{method}: the seed changes nothing"
+    odd = random_images(1, (24, 40), seed=4)
+    assert run(odd, [1]).shape == odd.shape, f"{method}: wrong output size for 24x40"
+    seen: list[dict] = []
+    run(x[:1], [1], callback=seen.append)
+    assert len(seen) == settings.steps_run, f"{method}: {len(seen)} callbacks for {settings.steps_run} steps"
+    assert all(set(info) >= CALLBACK_KEYS for info in seen), f"{method}: callback keys {sorted(seen[0])}"
+    assert [info["step"] for info in seen] == list(range(settings.steps_run))
+    bad = x[:1].clone()
+    bad[..., :4, :4] = float("nan")
+    try:
+        run(bad, [1])
+    except SiloError as err:
+        assert "NaN or Inf" in str(err), f"{method}: unclear NaN error {err}"
+    else:
+        raise AssertionError(f"{method}: a NaN measurement was not refused")

@@ -21,7 +21,7 @@ weights: timing and memory do not depend on weight values. silo-tiny is the ship
 test prior; anything else is a Hub id or diffusers folder.
 
 On a GPU: `silo bench --device cuda --output bench-gpu.json` (bfloat16 where the GPU supports it).
-On this project's CPU SD 1.5 at 512 px float32 takes about half an hour (run it on an idle machine);
+On a 2-core CPU, SD 1.5 at 512 px float32 takes about half an hour (run it on an idle machine);
 `--quick` takes seconds."""
 
 
@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(sd15 alone when no silo-tiny is shipped)]")
     p.add_argument("--sizes", default="256,512", help="comma-separated image sides in px")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
-    p.add_argument("--methods", default="silo_x0,silo_cnn,silo_readout,ldps,psld", help="comma-separated bench methods")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated bench methods: method labels such as silo[cnn], silo[readout], silo_x0[cnn], "
+                        "ldps, psld [default: every registered sampler with every operator kind it can feed]")
     p.add_argument("--warmup", type=int, default=1, help="steps (and reference runs) excluded from timing")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per method (median reported)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -59,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from silo.cli._restore_impl import _clean, resolve_device
+    from silo.provenance import resolve_device
     from silo.errors import SiloError
     from silo.evaluation.bench import run_bench
-    from silo.io.outputs import json_bytes, write_new
+    from silo.io.outputs import json_bytes, json_safe, write_new
 
     out = Path(args.output)
     if out.exists():
@@ -86,12 +88,14 @@ def run(args: argparse.Namespace) -> int:
             priors = ["silo-tiny", "sd15"] if (shipped_root() / "prior" / "unet").is_dir() else ["sd15"]
             if priors == ["sd15"]:
                 print("silo bench: no silo-tiny prior is shipped in this build; benching sd15 only", file=sys.stderr)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from silo.evaluation.bench import bench_methods
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(bench_methods())
     partial = out.with_name(f".{out.name}.partial")
 
     def save_partial(result: dict) -> None:  # an interrupted run keeps what it measured
         tmp = partial.with_suffix(".tmp")
-        tmp.write_bytes(json_bytes(_clean(result)))
+        tmp.write_bytes(json_bytes(json_safe(result)))
         os.replace(tmp, partial)
 
     print(f"silo bench: {', '.join(priors)} at {sizes} px, {dtypes}, on {device}; SD 1.5 weights are random "
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(priors, sizes, dtypes, methods, device, warmup, repeats, quick=args.quick,
                        on_update=save_partial, show_progress=not args.no_progress)
     result["command"] = " ".join(sys.argv)
-    write_new(out, json_bytes(_clean(result)))
+    write_new(out, json_bytes(json_safe(result)))
     partial.unlink(missing_ok=True)
     for run_ in result["runs"]:
         head = f"{run_['prior']} {run_['size']}px {run_['dtype']}"

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from silo.evaluation.evaluate import summarize_to
+    from silo.runs.evaluate import summarize_to
 
     summarize_to(Path(args.folder), Path(args.output_dir or args.folder), not args.no_fid, args.inception_weights,
                  not args.no_plots)

@@ -112,14 +112,17 @@ def markdown(table: dict[str, Any]) -> str:
     """The comparison as a Markdown table (mean ± 95% interval half-width)."""
     rows = table["rows"]
     multi_prior = len({r["prior"] for r in rows}) > 1
+    pairs = [(r["task"], r["method"], r["prior"]) for r in rows]
+    multi_settings = len(set(pairs)) < len(pairs)  # one method run with several settings: tell the rows apart
     show_fid = any(isinstance(r.get("fid"), dict) and r["fid"].get("value") is not None for r in rows)
-    cols = ["task", "method"] + (["prior"] if multi_prior else []) + ["steps", "n", "PSNR", "SSIM", "LPIPS (alex)",
+    cols = ["task", "method"] + (["prior"] if multi_prior else []) + (["settings"] if multi_settings else []) + ["steps", "n", "PSNR", "SSIM", "LPIPS (alex)",
             "consistency PSNR", "s / image", "s / step", "peak memory (GiB)"] + (["FID", "KID"] if show_fid else [])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     gib = 2.0 ** 30
     for r in rows:
         m = r["metrics"]
-        cells = [str(r["task"]), str(r["method"])] + ([str(r["prior"])] if multi_prior else []) + [
+        cells = [str(r["task"]), str(r["method"])] + ([str(r["prior"])] if multi_prior else []) + (
+            [str(r["settings_key"])] if multi_settings else []) + [
             str(r["steps"]), str(r["n"]), _fmt(m.get("psnr"), 2), _fmt(m.get("ssim"), 4), _fmt(m.get("lpips_alex"), 4),
             _fmt(m.get("consistency_psnr") or m.get("consistency_psnr_vs_measurement"), 2), _fmt(m.get("seconds"), 3),
             _fmt(m.get("seconds_per_step"), 4), _fmt(m.get("peak_memory_bytes"), 2, gib)]
@@ -168,12 +171,11 @@ def _replace(path: Path, text: str) -> None:
 
 
 def write_tables(table: dict[str, Any], out_dir: str | Path, stem: str = "aggregate") -> list[Path]:
-    from silo.cli._restore_impl import _clean
-    from silo.io.outputs import json_bytes
+    from silo.io.outputs import json_bytes, json_safe
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {out / f"{stem}.json": json_bytes(_clean(table)).decode(), out / f"{stem}.csv": csv_text(table),
+    files = {out / f"{stem}.json": json_bytes(json_safe(table)).decode(), out / f"{stem}.csv": csv_text(table),
              out / f"{stem}.md": markdown(table)}
     for path, text in files.items():
         _replace(path, text)

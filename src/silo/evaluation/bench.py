@@ -50,19 +50,35 @@ SD15_SCHEDULER = dict(
 )
 SD15_TEXT = dict(context_length=77, hidden_size=768)  # CLIP ViT-L/14 text encoder output; runs once, not timed
 
-#: bench name -> (sampler, operator kind); ordered by expected memory so freed memory cannot hide a peak
-METHODS = {
-    "silo_x0": ("silo_x0", "cnn"),
-    "silo_cnn": ("silo", "cnn"),
-    "silo_readout": ("silo", "readout"),
-    "ldps": ("ldps", None),
-    "psld": ("psld", None),
-}
+#: operator kinds the bench builds (random, at the published sizes, or shipped for silo-tiny)
+BENCH_KINDS = ("cnn", "readout")
 REFERENCE_OPS = ("unet_forward", "unet_forward_backward", "decoder_forward", "decoder_forward_backward")
-#: the reference op timed between each method's steps (see the module docstring)
-PAIRED_REFERENCE = {"silo_x0": "unet_forward", "silo_cnn": "unet_forward_backward",
-                    "silo_readout": "unet_forward_backward", "ldps": "unet_forward_backward",
-                    "psld": "unet_forward_backward"}
+
+
+def bench_methods() -> dict[str, tuple[str, str | None]]:
+    """Bench name (the method label, ``silo[cnn]``) -> (sampler, operator kind), from the sampler registry:
+    one entry per operator kind a method can feed. Ordered by expected memory (methods with a UNet-forward
+    reference first), so that memory freed by one method cannot hide the next one's peak."""
+    from silo.operators import OPERATOR_CLASSES
+    from silo.samplers.registry import SAMPLERS
+
+    specs = sorted(SAMPLERS.values(), key=lambda s: (s.paired_reference != "unet_forward", not s.needs_operator))
+    out: dict[str, tuple[str, str | None]] = {}
+    for spec in specs:
+        if not spec.needs_operator:
+            out[spec.name] = (spec.name, None)
+            continue
+        for kind in BENCH_KINDS:
+            if set(OPERATOR_CLASSES[kind].can_read) & {"z0", "features"} <= set(spec.operator_inputs):
+                out[f"{spec.name}[{kind}]"] = (spec.name, kind)
+    return out
+
+
+def paired_reference(name: str) -> str:
+    """The reference op timed between a method's steps (the registry's ``paired_reference``)."""
+    from silo.samplers.registry import SAMPLERS
+
+    return SAMPLERS[bench_methods()[name][0]].paired_reference or "unet_forward_backward"
 
 
 @dataclass
@@ -176,14 +192,14 @@ def reference_ops(bp: BenchPrior, size: int, warmup: int, repeats: int) -> dict[
 def time_method(bp: BenchPrior, name: str, size: int, warmup: int, repeats: int, task: str = "sr4") -> dict[str, Any]:
     """One method's per-step time (median after warm-up steps) and its peak memory over the whole run.
 
-    The method's reference op (``PAIRED_REFERENCE``) runs once after every step, inside
+    The method's reference op (:func:`paired_reference`) runs once after every step, inside
     the sampler callback, untimed in the step and unseen by the memory peak; ``ratio_to_paired_reference``
     is the median of step / reference over the timed steps."""
     from silo.degradations.tasks import load_task
     from silo.samplers import SAMPLERS, Problem, SamplerSettings
     from silo.testing import random_images
 
-    method, kind = METHODS[name]
+    method, kind = bench_methods()[name]
     prior, device = bp.prior, bp.prior.device
     deg = load_task(task).degradation
     x = random_images(1, (size, size), seed=2).to(device)
@@ -192,7 +208,7 @@ def time_method(bp: BenchPrior, name: str, size: int, warmup: int, repeats: int,
         y = deg.add_noise(deg.A(x, params), [0])
     problem = Problem(deg, y, params, [0], (size, size))
     settings = SamplerSettings(steps=warmup + repeats, prompt_embeds=bp.prompt_embeds)
-    reference = PAIRED_REFERENCE[name]
+    reference = paired_reference(name)
     ref = {"fn": reference_fns(bp, size)[reference], "error": None}
     steps: list[float] = []
     ref_seconds: list[float] = []
@@ -345,7 +361,7 @@ def _extra_memory(entry: dict[str, Any]) -> int | None:
 
 
 def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets at 512 px, SD 1.5 architecture, float32, batch 1 (absent runs: not checked)."""
+    """The bench's targets at 512 px, SD 1.5 architecture, float32, batch 1 (absent runs: not checked)."""
     out = []
     for run in runs:
         if (run["prior"], run["size"], run["dtype"]) != ("sd15", 512, "float32"):
@@ -363,18 +379,18 @@ def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 return value, True
             return entry.get(key), False
 
-        to_ldps = get("silo_cnn", "paired_ratio_to_ldps")
-        to_ldps = (to_ldps, True) if to_ldps is not None else (get("silo_cnn", "ratio_to_ldps"), False)
+        to_ldps = get("silo[cnn]", "paired_ratio_to_ldps")
+        to_ldps = (to_ldps, True) if to_ldps is not None else (get("silo[cnn]", "ratio_to_ldps"), False)
         checks = [
             ("SILO (CNN) per step at least 4x faster than Latent-DPS", to_ldps, 0.25),
             ("SILO (CNN) per step at most 1.1x one UNet forward+backward",
-             paired("silo_cnn", "ratio_to_unet_forward_backward", "unet_forward_backward"), 1.1),
+             paired("silo[cnn]", "ratio_to_unet_forward_backward", "unet_forward_backward"), 1.1),
             ("SILO (CNN) peak memory at most half of Latent-DPS's (process peak)",
-             (get("silo_cnn", "peak_memory_ratio_to_ldps"), None), 0.5),
+             (get("silo[cnn]", "peak_memory_ratio_to_ldps"), None), 0.5),
             ("SILO (CNN) peak memory at most half of Latent-DPS's (models and tensors: the peak less the bare runtime)",
-             (get("silo_cnn", "model_memory_ratio_to_ldps"), None), 0.5),
+             (get("silo[cnn]", "model_memory_ratio_to_ldps"), None), 0.5),
             ("x0-space SILO per step at most 1.15x one UNet forward",
-             paired("silo_x0", "ratio_to_unet_forward", "unet_forward"), 1.15),
+             paired("silo_x0[cnn]", "ratio_to_unet_forward", "unet_forward"), 1.15),
         ]
         for text, (value, was_paired), limit in checks:
             out.append({"target": text, "value": value, "limit": limit, "paired": was_paired,
@@ -386,21 +402,22 @@ def run_bench(priors: list[str], sizes: list[int], dtypes: list[str], methods: l
               warmup: int, repeats: int, quick: bool = False,
               on_update: Callable[[dict[str, Any]], None] | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Every (prior, size, dtype): reference costs, then each method; ``on_update`` sees partial results."""
-    from silo.cli._restore_impl import device_name, library_versions
+    from silo.provenance import device_name, library_versions
     from tqdm.auto import tqdm
 
-    unknown = [m for m in methods if m not in METHODS]
+    known = bench_methods()
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise SiloError(f"unknown bench method(s) {unknown} (choose from {', '.join(METHODS)})")
+        raise SiloError(f"unknown bench method(s) {unknown} (choose from {', '.join(known)})")
     result: dict[str, Any] = {
         "schema": "silo.bench/1", "note": WEIGHTS_NOTE, "device": device_name(device), "versions": library_versions(),
         "settings": {"warmup_steps": warmup, "repeats": repeats, "batch": 1, "task": "sr4", "quick": quick,
                      "statistic": "median over repeats after warm-up",
                      "paired_reference": "each method's step against the reference op run between its steps "
-                                         "(targets use these ratios)", "paired_ops": PAIRED_REFERENCE},
+                                         "(targets use these ratios)", "paired_ops": {m: paired_reference(m) for m in known}},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False, "runs": [], "targets": []}
     result.update(runtime_memory(device))
-    order = [m for m in METHODS if m in methods]
+    order = [m for m in known if m in methods]
     total = len(priors) * len(sizes) * len(dtypes) * (len(REFERENCE_OPS) + len(order))
     bar = tqdm(total=total, desc="bench", disable=not show_progress, leave=False, dynamic_ncols=True)
     for name in priors:

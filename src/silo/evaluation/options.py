@@ -7,7 +7,6 @@ takes it; several values sweep it (cartesian product per method). SILO's ``eta``
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +28,11 @@ class MethodConfig:
 
 def method_options(method: str) -> dict[str, Any]:
     """The options a method takes and their defaults: its keyword-only arguments (SILO: ``eta``)."""
-    from silo.samplers import SAMPLERS
+    from silo.samplers.registry import SAMPLERS, sampler_options
 
     if method not in SAMPLERS:
         return {}  # the naive estimate takes no options
-    params = inspect.signature(SAMPLERS[method]).parameters.values()
-    options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    options: dict[str, Any] = sampler_options(method)
     if method == "silo":
         options["eta"] = None  # SamplerSettings.eta: --eta, else the operator card's, else the task's
     return options

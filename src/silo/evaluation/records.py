@@ -1,7 +1,9 @@
 """Per-image JSON logs (written by ``silo restore`` and ``silo evaluate``): finding, reading and labelling them.
 
-One place decides what identifies a compared configuration (task, method label, prior, steps, scheduler),
-so ``evaluate``'s table and ``summarize``'s table of the same logs cannot disagree.
+One place decides what identifies a compared configuration (task, method label, prior, steps, scheduler and
+the settings key: everything that changes pixels but the input and the seed), so ``evaluate``'s table and
+``summarize``'s table of the same logs cannot disagree, and a folder holding runs of several settings
+aggregates each apart.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 #: the columns that identify one row of an aggregate table
-GROUP_BY = ("task", "method", "prior", "steps", "scheduler")
+GROUP_BY = ("task", "method", "prior", "steps", "scheduler", "settings_key")
 #: methods guided by a latent operator (the others use the pixel-space degradation)
 OPERATOR_METHODS = ("silo", "silo_x0")
 
@@ -59,6 +61,8 @@ def group_value(log: dict[str, Any], key: str) -> Any:
         method = log.get("method", "?")
         kind = (log.get("operator") or {}).get("kind") if method in OPERATOR_METHODS else None
         return method_label(method, kind, {})
+    if key == "settings_key":  # logs written before result identities group by the other columns alone
+        return ((log.get("identity") or {}).get("config_key") or "")[:8] or None
     if key == "prior":
         prior = log.get("prior")
         return prior.get("name") or prior.get("source") if isinstance(prior, dict) else prior

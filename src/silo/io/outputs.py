@@ -48,6 +48,19 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def json_safe(obj: Any) -> Any:
+    """JSON-safe values: infinities and NaN become the strings 'inf', '-inf', 'nan'."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else ("-inf" if obj < 0 else "nan")
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def json_bytes(data: Any) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode()
 

@@ -1,18 +1,23 @@
-"""Samplers: plain functions with one signature,
-``method(prior, problem, settings, operator=None, callback=None, show_progress=True) -> latents``.
-
-A new method is one new function registered in :data:`SAMPLERS`.
+"""Samplers: each method is a plain function ``fn(ctx, operator=None, callback=None, *, <step sizes>) -> z0``
+over a shared :class:`~silo.samplers.context.SamplingContext`, and one entry in :data:`SAMPLERS` saying
+what it needs. A registered spec is called ``spec(prior, problem, settings, operator=..., callback=...)``.
 """
 
-from silo.samplers.problem import Problem, SamplerSettings, encode_measurement
-from silo.samplers.silo import silo
+from silo.samplers.context import SamplingContext, encode_measurement
 from silo.samplers.latent_dps import latent_dps
+from silo.samplers.problem import Problem, image_seed
 from silo.samplers.psld import psld
+from silo.samplers.registry import NAIVE, SAMPLERS, SamplerSpec, method_names, refusal, register_sampler
+from silo.samplers.silo import silo
 from silo.samplers.silo_x0 import silo_x0
+from silo.settings import SamplerSettings
 
-SAMPLERS = {"silo": silo}
-SAMPLERS["silo_x0"] = silo_x0  # x0-space SILO: one UNet forward per step
-SAMPLERS["ldps"] = latent_dps  # Latent-DPS: guidance through the decoder
-SAMPLERS["psld"] = psld  # PSLD: LDPS plus gluing, linear tasks only
+register_sampler("silo", silo, "SILO", needs_operator=True, operator_inputs=frozenset({"z0", "features"}),
+                 paired_reference="unet_forward_backward")
+register_sampler("silo_x0", silo_x0, "x0-space SILO", needs_operator=True, operator_inputs=frozenset({"z0"}),
+                 paired_reference="unet_forward")
+register_sampler("ldps", latent_dps, "Latent-DPS", needs_differentiable=False, paired_reference="unet_forward_backward")
+register_sampler("psld", psld, "PSLD", needs_linear=True, paired_reference="unet_forward_backward")
 
-__all__ = ["Problem", "SAMPLERS", "SamplerSettings", "encode_measurement", "silo"]
+__all__ = ["NAIVE", "Problem", "SAMPLERS", "SamplerSettings", "SamplerSpec", "SamplingContext", "encode_measurement",
+           "image_seed", "method_names", "refusal", "register_sampler"]

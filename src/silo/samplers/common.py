@@ -1,4 +1,4 @@
-"""Pieces every sampler loop shares: schedulers, initial noise, CFG predictions, operator calls, NaN checks."""
+"""Pieces every sampler loop shares: CFG predictions, z0 estimates, operator calls, NaN checks, progress."""
 
 from __future__ import annotations
 
@@ -8,66 +8,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from silo.degradations.noise import to_model_scale
 from silo.errors import SiloError
 from silo.priors.prior import Prior, PromptEmbeddings
-from silo.samplers.problem import Problem, SamplerSettings
 
 Callback = Callable[[dict[str, Any]], None]
-
-
-def make_scheduler(prior: Prior, settings: SamplerSettings):
-    """A fresh scheduler of the chosen kind from the prior's own scheduler config, timesteps set."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
-    if settings.scheduler not in kinds:
-        raise SiloError(f"unknown scheduler {settings.scheduler!r} (choose from {', '.join(kinds)})")
-    train_steps = int(prior.scheduler.config.num_train_timesteps)
-    if not 1 <= settings.steps <= train_steps:
-        raise SiloError(f"steps must be in 1..{train_steps}, got {settings.steps}")
-    # latents are not images: never clip or threshold z0_hat (a config that omits clip_sample means True)
-    scheduler = kinds[settings.scheduler].from_config(prior.scheduler.config, clip_sample=False, thresholding=False)
-    scheduler.set_timesteps(settings.steps, device=prior.device)
-    return scheduler
-
-
-def step_kwargs(settings: SamplerSettings) -> dict[str, Any]:
-    """Extra arguments of ``scheduler.step`` for the chosen scheduler (DDIM's own stochasticity)."""
-    return {"eta": settings.ddim_eta} if settings.scheduler == "ddim" else {}
-
-
-def initial_latents(prior: Prior, problem: Problem, scheduler, settings: SamplerSettings | None = None,
-                    w: Tensor | None = None) -> Tensor:
-    """The first ``z_T``: pure noise, or with ``settings.start_strength < 1`` the encoded measurement ``w``
-    (encoded here unless given) noised to the first timestep that ``sampling_timesteps`` keeps (an
-    SDEdit-style warm start)."""
-    h, w_ = problem.image_size
-    shape = (prior.latent_channels, h // prior.vae_scale, w_ // prior.vae_scale)
-    z = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in problem.generators(stream=1)])
-    z = z.to(prior.device)
-    if settings is None or settings.start_strength >= 1.0:
-        return z * scheduler.init_noise_sigma
-    from silo.samplers.problem import encode_measurement
-
-    t0 = sampling_timesteps(scheduler, settings)[:1].repeat(z.shape[0])
-    if w is None:
-        w = encode_measurement(prior, problem, settings.clamp_measurement)
-    return scheduler.add_noise(w.float(), z, t0)
-
-
-def sampling_timesteps(scheduler, settings: SamplerSettings) -> Tensor:
-    """The timesteps run: all of them, or the last ``settings.steps_run``."""
-    if not 0.0 < settings.start_strength <= 1.0:
-        raise SiloError(f"start_strength must be in (0, 1], got {settings.start_strength}")
-    keep = min(settings.steps_run, len(scheduler.timesteps))
-    return scheduler.timesteps[len(scheduler.timesteps) - keep :]
-
-
-def prompt_embeddings(prior: Prior, problem: Problem, settings: SamplerSettings) -> PromptEmbeddings:
-    if settings.prompt_embeds is not None:
-        return settings.prompt_embeds
-    return prior.encode_prompt(settings.prompt, problem.batch, settings.negative_prompt, settings.guidance_scale)
 
 
 def predict(prior: Prior, z: Tensor, t: Tensor, prompts: PromptEmbeddings, guidance_scale: float) -> tuple[Tensor, Tensor]:
@@ -106,25 +50,12 @@ def apply_operator(
     size: tuple[int, int] | None = None,
     kernel: Tensor | None = None,
 ) -> Tensor:
-    """``H(.)`` for any operator kind, with its noise-level conditioning (sigma on the [0, 1] scale); ``kernel``
-    is the degradation's blur kernel, passed to kernel-aware operators only."""
-    batch = z0_hat.shape[0] if z0_hat is not None else features[0].shape[0]
-    use_mask = mask if getattr(operator.config, "mask_channel", False) else None
-    extra = {}
-    if getattr(operator, "needs_blur_kernel", False):
-        if kernel is None:
-            raise SiloError(f"{type(operator).__name__} is kernel-aware, but this problem has no blur kernel "
-                            f"(a blur task with --kernel, or a seeded random kernel)")
-        extra["kernel"] = kernel
-    if not getattr(operator, "uses_unet_sigma_embedding", True):
-        level = torch.full((batch,), float(to_model_scale(sigma)), device=prior.device)
-        return operator(z0_hat.float(), None, mask=use_mask, noise_level=level)
-    sigma_emb = None
-    if getattr(operator.config, "sigma_conditioned", True):
-        sigma_emb = prior.sigma_embedding(sigma, batch).float()
-    if getattr(operator, "needs_features", False):
-        return operator([f.float() for f in features], sigma_emb, mask=use_mask, size=size)
-    return operator(z0_hat.float(), sigma_emb, mask=use_mask, **extra)
+    """``H(.)`` for any operator kind through ``operator.apply`` (sigma on the [0, 1] scale); each kind reads
+    what it needs of these inputs and does its own noise-level conditioning."""
+    from silo.operators.base import OperatorInputs, call_operator
+
+    inputs = OperatorInputs(z0=z0_hat, features=features, noise_sigma=sigma, mask=mask, kernel=kernel, latent_size=size)
+    return call_operator(operator, inputs, prior)
 
 
 def check_finite(tensor: Tensor, step: int, what: str) -> None:

@@ -17,24 +17,13 @@ import torch
 from torch import Tensor
 
 from silo.priors.prior import Prior
-from silo.samplers.common import (
-    Callback,
-    check_finite,
-    deterministic_mode,
-    initial_latents,
-    make_scheduler,
-    sampling_timesteps,
-    predict,
-    predict_x0,
-    progress,
-    prompt_embeddings,
-    step_kwargs,
-)
-from silo.samplers.problem import Problem, SamplerSettings
+from silo.samplers.common import Callback, check_finite, predict, predict_x0
+from silo.samplers.context import SamplingContext
+from silo.samplers.problem import Problem
 
 #: tuned on silo-tiny's training crops (16 x 64 px; sr4, gaussian_blur, inpaint_center, jpeg; 50 DDIM steps;
 #: each task at its SILO card's warm start): mean PSNR 22.48 / 22.80 / 22.63 / 21.29 dB at zeta 0.0625 / 0.125 /
-#: 0.25 / 4 on the session-5 prior (scripts/compare_silo_tiny.sh tune, docs/evaluation.md)
+#: 0.25 / 4 (scripts/compare_silo_tiny.sh tune; docs/results.md)
 DEFAULT_ZETA = 0.125
 
 #: ``objective(z0_hat) -> (scalar to differentiate, per-image measurement residual norm)``
@@ -47,61 +36,36 @@ def measurement_residual(prior: Prior, problem: Problem, z0_hat: Tensor) -> Tens
     return (problem.y.float() - problem.degradation.A(x0, problem.params)).flatten(1).norm(dim=1)
 
 
-def decoder_guided(
-    prior: Prior,
-    problem: Problem,
-    settings: SamplerSettings,
-    objective: Objective,
-    desc: str,
-    callback: Callback | None,
-    show_progress: bool,
-) -> Tensor:
-    """The loop LDPS and PSLD share: ``z_{t-1} = z_prev - grad_{z_t} objective(z0_hat(z_t))``.
-
-    Same scheduler, initial noise, CFG and per-image generators as the SILO sampler, so that methods differ
-    only in their guidance.
-    """
-    with deterministic_mode(settings.deterministic):
-        scheduler = make_scheduler(prior, settings)
-        prompts = prompt_embeddings(prior, problem, settings)
-        z = initial_latents(prior, problem, scheduler, settings)
-        step_generators = problem.generators(stream=3, device=prior.device)
-        cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
-        for i, t in enumerate(progress(sampling_timesteps(scheduler, settings), show_progress, desc)):
-            z = z.detach().requires_grad_(True)
-            with torch.enable_grad():
-                guided, cond = predict(prior, z, t, prompts, settings.guidance_scale)
-                out = scheduler.step(guided, t, z, generator=step_generators, **step_kwargs(settings))
-                z_prev, z0_hat = out.prev_sample, out.pred_original_sample
-                if cfg and settings.cfg_fix:
-                    z0_hat = predict_x0(scheduler, cond, t, z)
-                total, residual = objective(z0_hat)
-                (grad,) = torch.autograd.grad(total, z)
-            check_finite(grad, i, "the guidance gradient")
-            z = (z_prev - grad).detach()
-            check_finite(z, i, "the latents")
-            if callback is not None:
-                callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat.detach(), "loss": residual.detach()})
+def decoder_guided(ctx: SamplingContext, objective: Objective, desc: str, callback: Callback | None) -> Tensor:
+    """The loop LDPS and PSLD share: ``z_{t-1} = z_prev - grad_{z_t} objective(z0_hat(z_t))``."""
+    prior, settings, scheduler = ctx.prior, ctx.settings, ctx.scheduler
+    z = ctx.z
+    for i, t in ctx.steps(desc):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            guided, cond = predict(prior, z, t, ctx.prompts, settings.guidance_scale)
+            z0_hat = predict_x0(scheduler, cond if ctx.cfg and settings.cfg_fix else guided, t, z)
+            total, residual = objective(z0_hat)
+            (grad,) = torch.autograd.grad(total, z)
+        z_prev = scheduler.step(guided.detach(), t, z.detach(), **ctx.step_kwargs()).prev_sample
+        check_finite(grad, i, "the guidance gradient")
+        z = (z_prev - grad).detach()
+        check_finite(z, i, "the latents")
+        if callback is not None:
+            callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat.detach(), "loss": residual.detach()})
     return z
 
 
-def latent_dps(
-    prior: Prior,
-    problem: Problem,
-    settings: SamplerSettings,
-    operator: torch.nn.Module | None = None,
-    callback: Callback | None = None,
-    show_progress: bool = True,
-    *,
-    zeta: float = DEFAULT_ZETA,
-) -> Tensor:
+def latent_dps(ctx: SamplingContext, operator: torch.nn.Module | None = None, callback: Callback | None = None, *,
+               zeta: float = DEFAULT_ZETA) -> Tensor:
     """Latent-DPS latents ``z_0`` for a batch; ``operator`` is ignored (LDPS uses the pixel-space ``A``).
 
-    ``zeta``: step size on ``grad_{z_t} ||y - A(D(z0_hat))||`` (default 4, tuned on silo-tiny).
+    ``zeta``: step size on ``grad_{z_t} ||y - A(D(z0_hat))||`` (default 0.125, tuned on silo-tiny).
     """
+    prior, problem = ctx.prior, ctx.problem
 
     def objective(z0_hat: Tensor) -> tuple[Tensor, Tensor]:
         residual = measurement_residual(prior, problem, z0_hat)
         return zeta * residual.sum(), residual
 
-    return decoder_guided(prior, problem, settings, objective, "LDPS", callback, show_progress)
+    return decoder_guided(ctx, objective, "LDPS", callback)

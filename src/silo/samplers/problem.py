@@ -1,16 +1,13 @@
-"""What every sampler receives: the measurement, its degradation and per-image seeds, and the settings."""
+"""The inverse problem every sampler solves: the measurement, its degradation and parameters, per-image seeds."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from silo.degradations.base import Degradation, Params, generators_for
-from silo.priors.prior import Prior, PromptEmbeddings
 
 
 @dataclass
@@ -18,7 +15,9 @@ class Problem:
     """An inverse problem for a batch: ``y = A(x) + n`` with ``A = degradation`` and its ``params``.
 
     ``seeds`` holds one seed per image; every random draw for image ``i`` (initial latent, encoder sample,
-    scheduler noise) comes from generators seeded from ``seeds[i]`` so that batches equal single runs.
+    scheduler noise) comes from a named stream of ``seeds[i]``, so batches equal single runs. The runner
+    derives each image's seed from the run's seed and the image's content (:func:`image_seed`), so two
+    images never share a noise field while a rerun reproduces exactly.
     """
 
     degradation: Degradation
@@ -49,57 +48,16 @@ class Problem:
     def blur_kernel(self) -> Tensor | None:
         return self.degradation.blur_kernel(self.params)
 
-    def generators(self, stream: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
-        """Independent per-image generators for one named random stream."""
-        return generators_for([(s * 1_000_003 + stream * 7_919 + 104_729) % (2**63) for s in self.seeds], device)
+    def generators(self, stream: str, device: str | torch.device = "cpu") -> list[torch.Generator]:
+        """Independent per-image generators for one named random stream ("init", "encode", "step", ...)."""
+        from silo.samplers.context import stream_seed
+
+        return generators_for([stream_seed(s, stream) for s in self.seeds], device)
 
 
-@dataclass
-class SamplerSettings:
-    """Settings shared by every method; method-specific step sizes have their own keyword arguments."""
+def image_seed(seed: int, image_key: str) -> int:
+    """The seed of one image's random streams: the run's seed and the image's identity together."""
+    import hashlib
 
-    steps: int = 999
-    scheduler: str = "ddpm"  # "ddpm" (the paper) or "ddim"
-    eta: float = 0.5  # guidance step size ("scale" in the reference)
-    grad_clamp: float | None = 1.0  # clamp of the guidance gradient, elementwise; None disables
-    clamp_measurement: bool = False  # clamp E(y) to [-4, 4]
-    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
-    cfg_fix: bool = False  # with CFG, the operator sees z0_hat of the text-conditional prediction only
-    prompt: str = ""
-    negative_prompt: str = ""
-    # fraction of the noise schedule run: 1 starts from pure noise (the paper); below 1 the sampler starts
-    # from the encoded measurement noised to that level and runs only the last part of the schedule
-    start_strength: float = 1.0
-    ddim_eta: float = 0.0  # stochasticity of DDIM steps (not the guidance step size)
-    # image side (px) at which ``eta`` was tuned. The guidance differentiates a norm, so each latent's share
-    # of the step shrinks as 1 / side (1 / sqrt(pixels)); with a reference the step is scaled by
-    # sqrt(H * W) / size, so an eta tuned on 64 px crops means the same per latent at 256 px. None: eta as
-    # given (the paper)
-    eta_reference_size: int | None = None
-    deterministic: bool = False  # deterministic kernels (slower on GPU)
-    prompt_embeds: PromptEmbeddings | None = None  # bypass the text encoder
-
-    @property
-    def steps_run(self) -> int:
-        """Denoising steps a sampler runs: ``steps``, or its last ``start_strength`` fraction (at least one)."""
-        return max(1, round(self.start_strength * self.steps))
-
-    def guidance_eta(self, height: int, width: int) -> float:
-        """SILO's step size for ``height x width`` images (see ``eta_reference_size``)."""
-        if self.eta_reference_size is None:
-            return self.eta
-        return self.eta * math.sqrt(height * width) / self.eta_reference_size
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("prompt_embeds")
-        return data
-
-
-def encode_measurement(prior: Prior, problem: Problem, clamp: bool) -> Tensor:
-    """``w = E(y)``, once: the measurement brought to image size (SR: bicubic up-sampling), encoded as a
-    posterior sample with per-image generators, optionally clamped to [-4, 4]."""
-    y_full = problem.degradation.to_image_size(problem.y)
-    with torch.no_grad():
-        w = prior.encode(y_full, problem.generators(stream=2))
-    return w.clamp(-4, 4) if clamp else w
+    digest = hashlib.blake2b(f"{int(seed)}:{image_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**63)

@@ -14,10 +14,9 @@ from torch import Tensor
 
 from silo.degradations.base import Degradation, Params
 from silo.errors import SiloError
-from silo.priors.prior import Prior
 from silo.samplers.common import Callback
+from silo.samplers.context import SamplingContext
 from silo.samplers.latent_dps import DEFAULT_ZETA, decoder_guided
-from silo.samplers.problem import Problem, SamplerSettings
 
 #: tuned like DEFAULT_ZETA (sr4, gaussian_blur, inpaint_center; no jpeg): mean PSNR 21.23 / 20.95 / 19.98 dB at
 #: gamma 0.001 / 0.01 / 0.1 at zeta 0.25 (at zeta 4: 20.24 / 20.89 / 20.57 / 12.13 with gamma 1): the gluing
@@ -39,22 +38,14 @@ class _NormalOperator(torch.autograd.Function):
         return deg.adjoint(deg.A(grad, params), grad, params), None, None
 
 
-def psld(
-    prior: Prior,
-    problem: Problem,
-    settings: SamplerSettings,
-    operator: torch.nn.Module | None = None,
-    callback: Callback | None = None,
-    show_progress: bool = True,
-    *,
-    zeta: float = DEFAULT_ZETA,
-    gamma: float = DEFAULT_GAMMA,
-) -> Tensor:
+def psld(ctx: SamplingContext, operator: torch.nn.Module | None = None, callback: Callback | None = None, *,
+         zeta: float = DEFAULT_ZETA, gamma: float = DEFAULT_GAMMA) -> Tensor:
     """PSLD latents ``z_0`` for a batch of linear problems; ``operator`` is ignored.
 
-    ``zeta``: step size of the LDPS term (default 4, tuned on silo-tiny); ``gamma``: weight of the gluing term
-    (default 0.001, tuned on silo-tiny).
+    ``zeta``: step size of the LDPS term (default 0.125, tuned on silo-tiny); ``gamma``: weight of the gluing
+    term (default 0.001, tuned on silo-tiny).
     """
+    prior, problem = ctx.prior, ctx.problem
     deg = problem.degradation
     if not deg.linear:
         raise SiloError(f"PSLD needs a linear degradation (it uses A^T); task {deg.name!r} is not linear: use ldps or silo")
@@ -70,5 +61,4 @@ def psld(
         gluing = (z0_hat.float() - glued).flatten(1).pow(2).sum(1)
         return zeta * residual.sum() + gamma * gluing.sum(), residual
 
-    return decoder_guided(prior, problem, settings, objective, "PSLD", callback, show_progress)
-
+    return decoder_guided(ctx, objective, "PSLD", callback)

@@ -9,7 +9,7 @@ forward plus the operator's forward and backward.
 Why the squared loss (SILO proper uses the norm): its gradient scales with the residual, so ``c`` is a
 fraction of a Gauss-Newton step (``c = 1`` with ``H`` the identity lands on ``w``) and needs no
 per-timestep rescaling. ``settings.grad_clamp`` (elementwise) applies as in SILO; ``settings.eta`` does not.
-Operators that read UNet features (readout) have no gradient w.r.t. ``z0_hat`` and are refused.
+Operators that read UNet features (readout) have no gradient w.r.t. ``z0_hat``: the registry refuses them.
 """
 
 from __future__ import annotations
@@ -18,75 +18,47 @@ import torch
 from torch import Tensor
 
 from silo.errors import SiloError
-from silo.priors.prior import Prior
-from silo.samplers.common import (
-    Callback,
-    apply_operator,
-    check_finite,
-    deterministic_mode,
-    initial_latents,
-    make_scheduler,
-    sampling_timesteps,
-    predict,
-    predict_x0,
-    progress,
-    prompt_embeddings,
-    step_kwargs,
-)
-from silo.samplers.problem import Problem, SamplerSettings, encode_measurement
+from silo.samplers.common import Callback, apply_operator, check_finite, predict, predict_x0
+from silo.samplers.context import SamplingContext
 
-#: tuned like latent_dps.DEFAULT_ZETA: mean PSNR 24.05 / 24.23 / 24.33 dB at step 0.5 / 1 / 2 (inpainting
-#: gains most from the longer step; sr4 and jpeg are flat)
+#: tuned on silo-tiny's training crops (sr4, gaussian_blur, inpaint_center, jpeg): mean PSNR 24.05 / 24.23 /
+#: 24.33 dB at step 0.5 / 1 / 2 (docs/results.md)
 DEFAULT_STEP = 2.0
 
 
-def silo_x0(
-    prior: Prior,
-    problem: Problem,
-    settings: SamplerSettings,
-    operator: torch.nn.Module | None = None,
-    callback: Callback | None = None,
-    show_progress: bool = True,
-    *,
-    step: float = DEFAULT_STEP,
-) -> Tensor:
+def silo_x0(ctx: SamplingContext, operator: torch.nn.Module | None = None, callback: Callback | None = None, *,
+            step: float = DEFAULT_STEP) -> Tensor:
     """x0-space SILO latents ``z_0`` for a batch.
 
-    ``step``: the correction size ``c`` in ``z0 = z0_hat - c * grad_{z0_hat} 0.5 ||w - H(z0_hat)||^2``
-    (default 2, tuned on silo-tiny).
+    ``step``: the correction size ``c`` in ``z0 = z0_hat - c * grad_{z0_hat} 0.5 ||w - H(z0_hat)||^2`` (default 2,
+    tuned on silo-tiny).
     """
     if operator is None:
         raise SiloError("x0-space SILO needs a latent operator")
     if getattr(operator, "needs_features", False):
         raise SiloError("x0-space SILO needs an operator on z0 (cnn or preserve); a readout operator reads UNet "
                         "features, which have no gradient w.r.t. z0")
-    with deterministic_mode(settings.deterministic):
-        scheduler = make_scheduler(prior, settings)
-        stepper = type(scheduler).from_config(scheduler.config, prediction_type="sample")
-        stepper.set_timesteps(settings.steps, device=prior.device)
-        w = encode_measurement(prior, problem, settings.clamp_measurement)
-        prompts = prompt_embeddings(prior, problem, settings)
-        mask = problem.mask
-        z = initial_latents(prior, problem, scheduler, settings, w)
-        step_generators = problem.generators(stream=3, device=prior.device)
-        cfg = settings.guidance_scale != 1.0 and prompts.uncond is not None
-        for i, t in enumerate(progress(sampling_timesteps(scheduler, settings), show_progress, "SILO-x0")):
-            with torch.no_grad():
-                guided, cond = predict(prior, z, t, prompts, settings.guidance_scale)
-            z0_hat = predict_x0(scheduler, guided, t, z)
-            seen = predict_x0(scheduler, cond, t, z) if cfg and settings.cfg_fix else z0_hat
-            with torch.enable_grad():
-                z0_var = seen.detach().requires_grad_(True)
-                w_hat = apply_operator(operator, prior, z0_var, problem.noise_sigma, None, mask, tuple(z.shape[-2:]),
-                                       problem.blur_kernel)
-                loss = 0.5 * (w.float() - w_hat.float()).flatten(1).pow(2).sum(1)
-                (grad,) = torch.autograd.grad(loss.sum(), z0_var)
-            check_finite(grad, i, "the guidance gradient")
-            if settings.grad_clamp is not None:
-                grad = grad.clamp(-settings.grad_clamp, settings.grad_clamp)
-            z0 = z0_hat - step * grad
-            z = stepper.step(z0, t, z, generator=step_generators, **step_kwargs(settings)).prev_sample.detach()
-            check_finite(z, i, "the latents")
-            if callback is not None:
-                callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat, "loss": loss.detach().sqrt() * 2 ** 0.5})
+    prior, problem, settings, scheduler = ctx.prior, ctx.problem, ctx.settings, ctx.scheduler
+    stepper = type(scheduler).from_config(scheduler.config, prediction_type="sample")
+    stepper.set_timesteps(settings.steps, device=prior.device)
+    w, mask, kernel = ctx.w, problem.mask, problem.blur_kernel
+    z = ctx.z
+    for i, t in ctx.steps("SILO-x0"):
+        with torch.no_grad():
+            guided, cond = predict(prior, z, t, ctx.prompts, settings.guidance_scale)
+        z0_hat = predict_x0(scheduler, guided, t, z)
+        seen = predict_x0(scheduler, cond, t, z) if ctx.cfg and settings.cfg_fix else z0_hat
+        with torch.enable_grad():
+            z0_var = seen.detach().requires_grad_(True)
+            w_hat = apply_operator(operator, prior, z0_var, problem.noise_sigma, None, mask, ctx.latent_size, kernel)
+            loss = 0.5 * (w.float() - w_hat.float()).flatten(1).pow(2).sum(1)
+            (grad,) = torch.autograd.grad(loss.sum(), z0_var)
+        check_finite(grad, i, "the guidance gradient")
+        if settings.grad_clamp is not None:
+            grad = grad.clamp(-settings.grad_clamp, settings.grad_clamp)
+        z0 = z0_hat - step * grad
+        z = stepper.step(z0, t, z, **ctx.step_kwargs()).prev_sample.detach()
+        check_finite(z, i, "the latents")
+        if callback is not None:
+            callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat, "loss": loss.detach().sqrt() * 2 ** 0.5})
     return z

@@ -1,0 +1,176 @@
+"""The models of a run: the prior (loaded once) and, per task and method, the latent operator and its card.
+
+The operator card that sets a task's step size and warm start is the card of the operator the method uses;
+for methods without an operator it is the card of the operator the task would use, so that every method
+starts where SILO starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from silo.cards import OperatorCard, PriorCard
+from silo.errors import SiloError
+
+
+def load_prior(source: str | Path, device: torch.device, dtype: torch.dtype):
+    """A :class:`~silo.priors.prior.Prior` with its card attached (``prior.card``)."""
+    from silo.priors.prior import Prior
+
+    prior = Prior.from_pretrained(source, device=device, dtype=dtype)
+    if getattr(prior, "card", None) is None:
+        prior.card = PriorCard.read(source)
+    return prior
+
+
+def parse_operator_specs(specs: list[str] | str | None) -> list[str]:
+    if specs is None:
+        return []
+    return [specs] if isinstance(specs, (str, Path)) else [str(s) for s in specs]
+
+
+def operator_source(task_name: str, specs: list[str]) -> Path | None:
+    """``--operator`` entries: ``TASK=PATH`` for one task, else ``PATH`` for all (``{task}`` is replaced)."""
+    generic = None
+    for spec in specs:
+        task, sep, path = spec.partition("=")
+        if sep and not Path(spec).exists():
+            if task == task_name:
+                return Path(path)
+        else:
+            generic = spec
+    return Path(generic.replace("{task}", task_name)) if generic is not None else None
+
+
+def shipped_operator(task_name: str, kind: str | None, method: str | None) -> Path | None:
+    """The shipped operator of a task: ``kind`` if given; else the card's default kind, or the first shipped
+    kind the method can feed (x0-space SILO cannot feed a readout operator)."""
+    from silo.models import shipped_card, shipped_root
+    from silo.operators import OPERATOR_CLASSES
+    from silo.samplers.registry import SAMPLERS
+
+    folder = shipped_root() / "operators"
+    if kind:
+        path = folder / f"{task_name}-{kind}"
+        if not (path / "config.json").is_file():
+            raise SiloError(f"no shipped {kind} operator for task {task_name!r}: pass --operator FOLDER")
+        return path
+    default = (shipped_card() or {}).get("default_operator", {}).get(task_name)
+    kinds = ([default] if default else []) + [k for k in OPERATOR_CLASSES if k != default]
+    spec = SAMPLERS.get(method) if method else None
+    for k in kinds:
+        path = folder / f"{task_name}-{k}"
+        if not (path / "config.json").is_file():
+            continue
+        if spec is not None and spec.needs_operator and not _can_feed(spec, OPERATOR_CLASSES[k]):
+            continue
+        return path
+    return None
+
+
+def _can_feed(spec, cls) -> bool:
+    """Whether a method gives an operator kind the latent input it reads (z0 or UNet features)."""
+    return set(cls.can_read) & {"z0", "features"} <= set(spec.operator_inputs)
+
+
+def load_task_operator(source: Path, kind: str | None, prior, task, device: torch.device) -> torch.nn.Module:
+    """An operator checked against the prior and the task, with its card attached (``operator.card``)."""
+    from silo.operators import check_compatible, load_operator
+
+    source = Path(source)
+    if source.is_file():
+        from silo.operators.published import load_published_operator
+
+        operator = load_published_operator(source, kind)
+    else:
+        operator = load_operator(source)
+    operator.to(device).eval().requires_grad_(False)
+    features = None
+    if getattr(operator, "needs_features", False):
+        from silo.operators.features import feature_channels
+
+        features = feature_channels(prior.unet)
+    if getattr(operator, "uses_unet_sigma_embedding", True):
+        check_compatible(operator, prior.latent_channels, prior.embedding_dim, features, prior.vae_scale)
+    elif getattr(operator.config, "latent_channels", prior.latent_channels) != prior.latent_channels:
+        raise SiloError(f"operator {source} is for {operator.config.latent_channels} latent channels, the prior has {prior.latent_channels}")
+    deg = task.degradation
+    if getattr(operator.config, "mask_channel", False) and not deg.uses_mask:
+        raise SiloError(f"operator {source} takes an inpainting mask but the task is {task.name}")
+    if getattr(operator, "needs_blur_kernel", False) and not deg.uses_kernel:
+        raise SiloError(f"operator {source} is kernel-aware (reads a blur kernel) but the task {task.name} has none")
+    if getattr(operator, "card", None) is None:
+        operator.card = OperatorCard.read(source)
+    operator.source = str(source)
+    return operator
+
+
+@dataclass
+class Models:
+    """A run's prior and its operators, loaded once each; what every front door asks for models."""
+
+    prior: Any
+    prior_source: str
+    device: torch.device
+    operator_specs: list[str] = field(default_factory=list)
+    operator_kind: str | None = None
+    preset: Any = None
+    weights_dir: str | Path = "trained_ckpt"
+    shipped_prior: bool = False
+    _operators: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, prior: str | Path | None, device: torch.device, dtype: torch.dtype, operators: list[str] | str | None = None,
+             operator_kind: str | None = None, preset: Any = None, weights_dir: str | Path = "trained_ckpt") -> "Models":
+        from silo.models import default_prior_path
+
+        source = prior or (preset.prior if preset is not None else None)
+        shipped = source is None
+        source = str(source or default_prior_path())
+        return cls(load_prior(source, device, dtype), source, device, parse_operator_specs(operators),
+                   operator_kind or (preset.kind if preset is not None else None), preset, weights_dir, shipped)
+
+    @property
+    def prior_card(self) -> PriorCard:
+        return getattr(self.prior, "card", None) or PriorCard()
+
+    def operator_path(self, task, method: str | None) -> Path | None:
+        """Where the operator of ``task`` for ``method`` comes from, or None if there is none."""
+        given = operator_source(task.name, self.operator_specs)
+        if given is not None:
+            return given
+        if self.preset is not None:
+            return self.preset.operator_path(self.weights_dir)
+        if self.shipped_prior:  # the shipped operators fit the shipped prior only
+            return shipped_operator(task.name, self.operator_kind, method)
+        return None
+
+    def operator(self, task, method: str) -> Any:
+        """The loaded operator ``method`` uses on ``task`` (None for methods without one)."""
+        from silo.samplers.registry import uses_operator
+
+        if not uses_operator(method):
+            return None
+        path = self.operator_path(task, method)
+        if path is None:
+            raise SiloError(f"{method} needs a latent operator for task {task.name}: pass --operator FOLDER "
+                            "(the shipped operators fit the shipped prior only)")
+        key = (task.name, str(path))
+        if key not in self._operators:
+            self._operators[key] = load_task_operator(path, self.operator_kind, self.prior, task, self.device)
+        return self._operators[key]
+
+    def operator_card(self, task, method: str) -> OperatorCard:
+        """The card that sets ``task``'s sampling defaults for ``method`` (see the module's docstring)."""
+        op = self.operator(task, method)
+        if op is not None:
+            return op.card
+        try:
+            path = self.operator_path(task, "silo")
+        except SiloError:  # a preset's operator file not unpacked: a method without an operator runs anyway
+            return OperatorCard()
+        return OperatorCard.read(path) if path is not None else OperatorCard()

@@ -1,0 +1,408 @@
+"""The runner every front door calls: inputs x setups x seeds -> one result each (image, grid, JSON log).
+
+Guarantees: a bad input is reported and the others still run; a batch that fails (out of memory, a
+sampler error) is retried image by image; every result is written atomically, log last, and never over an
+existing file; a result whose log exists is skipped, so a rerun resumes. A result's name carries a key of
+everything that changes its pixels (:mod:`silo.runs.identity`): a rerun with other settings writes a new
+result beside the old one.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from silo.errors import SiloError
+from silo.io.inputs import Item
+from silo.runs.identity import Identity, identify
+from silo.settings import Resolved
+
+
+@dataclass
+class Setup:
+    """What a result is restored with, besides its input and seed: prior, task, method, operator, settings."""
+
+    prior: Any
+    prior_source: str
+    task: Any
+    method: str
+    resolved: Resolved
+    operator: torch.nn.Module | None = None
+    preset: str | None = None
+
+    @property
+    def kind(self) -> str | None:
+        return getattr(self.operator, "kind", None) if self.operator is not None else None
+
+    @property
+    def explicit_options(self) -> dict[str, float]:
+        """The method options the user set (they label a table row: ``ldps(zeta=0.5)``)."""
+        opts = {k: v for k, v in self.resolved.method_options.items()
+                if self.resolved.sources.get(f"method_options.{k}") == "request"}
+        if self.method == "silo" and self.resolved.sources.get("eta") == "request" and "eta" not in opts:
+            opts["eta"] = self.resolved.settings.eta
+        return opts
+
+    @property
+    def label(self) -> str:
+        from silo.evaluation.records import method_label
+
+        return method_label(self.method, self.kind, self.explicit_options)
+
+    @property
+    def slug(self) -> str:
+        """The method part of a result's name: the method and the options the user set (``ldps-zeta0.5``)."""
+        from silo.evaluation.records import method_slug
+
+        return method_slug(self.method, None, self.explicit_options)
+
+
+
+@dataclass
+class Request:
+    item: Item
+    setup: Setup
+    seed: int
+
+
+@dataclass
+class RunOptions:
+    """How a run treats its inputs and writes its results."""
+
+    output_dir: Path | None  # None: nothing written, results kept in memory (the Python front door)
+    simulate: bool = True
+    save: str = "both"  # "image", "grid", "both" or "none" (the log is always written)
+    pad: bool = False
+    batch_size: int = 1
+    max_pixels: int = 4096 * 4096
+    mask: str | None = None  # measurement mode: the inpainting mask file
+    kernel: str | None = None  # measurement mode: the blur kernel file
+    lpips: bool = True
+    measure_memory: bool = False
+    references: Path | None = None  # write each clean reference once here (FID/KID read them)
+    show_progress: bool = True
+    command: str = "silo"  # prefix of printed errors
+    dtype: str = "float32"
+    log_extra: dict[str, Any] = field(default_factory=dict)
+    callback: Callable[[dict[str, Any]], None] | None = None  # each sampling step
+    on_result: Callable[[Path, dict[str, Any]], None] | None = None  # each written result
+    quiet: bool = False  # no line per result on stdout
+    keep_outputs: bool = False  # keep each result's log and output tensor in the report (the Python front door)
+
+
+@dataclass
+class Job:
+    request: Request
+    tensor: Tensor
+    params: dict[str, Tensor]
+    crop: tuple[int, int]
+    identity: Identity
+    paths: dict[str, Path]
+
+
+@dataclass
+class Report:
+    done: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)  # with keep_outputs: "log", "output", "path"
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+def load_item(item: Item) -> Tensor:
+    try:
+        return item.load()
+    except SiloError:
+        raise
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SiloError(f"{item.source}: unreadable image ({err})") from None
+
+
+def _measurement_params(task, crop: tuple[int, int], options: RunOptions, source: str) -> dict[str, Tensor]:
+    """A real measurement's mask and kernel, from files, as the degradation's capabilities ask."""
+    deg = task.degradation
+    params: dict[str, Tensor] = {}
+    if options.mask:
+        from silo.io.images import load_mask
+
+        if not deg.uses_mask:
+            raise SiloError(f"--mask is for inpainting tasks, not {task.name}")
+        params["mask"] = load_mask(options.mask, crop)
+    elif deg.uses_mask:
+        raise SiloError(f"{source}: inpainting a measurement needs --mask (white = known pixels)")
+    if options.kernel:
+        from silo.io.images import load_kernel
+
+        if not deg.uses_kernel:
+            raise SiloError(f"--kernel is for blur tasks, not {task.name}")
+        params["kernel"] = load_kernel(options.kernel)[None]
+    elif deg.needs_kernel:
+        raise SiloError(f"{source}: deblurring this measurement needs its --kernel")
+    return params
+
+
+def prepare(request: Request, tensor: Tensor, options: RunOptions) -> Job:
+    """Check one loaded input against the task and prior, draw or load its parameters, and name its result."""
+    from silo.pipeline import padded_size
+
+    setup, item = request.setup, request.item
+    task, prior, deg = setup.task, setup.prior, setup.task.degradation
+    h, w = tensor.shape[-2:]
+    crop = (h, w) if options.simulate else deg.image_shape(h, w)
+    if crop[0] * crop[1] > options.max_pixels:
+        raise SiloError(f"{item.source}: the restored image would be {crop[1]}x{crop[0]}, over --max-pixels {options.max_pixels}")
+    if not options.pad:
+        try:
+            prior.check_image_size(*crop)
+        except SiloError as err:
+            origin = "" if options.simulate or (h, w) == crop else f" (restored from a {w}x{h} measurement)"
+            raise SiloError(f"{item.source}: {err}{origin}") from None
+    if options.simulate:
+        deg.check_size(h, w)
+        params = deg.sample_params(tensor.shape, [item.param_seed])
+    else:
+        params = _measurement_params(task, crop, options, item.source)
+        deg.check_size(*(padded_size(prior, task, *crop) if options.pad else crop))
+    identity = identify(setup, request.seed, tensor, params, item, options)
+    stem = f"{item.name}_{task.name}_{setup.slug}_s{request.seed}_{identity.key[:8]}"
+    out = options.output_dir or Path(".")
+    paths = {"image": out / f"{stem}.png", "grid": out / f"{stem}_grid.png", "log": out / f"{stem}.json"}
+    return Job(request, tensor, params, crop, identity, paths)
+
+
+def _remove_leftovers(paths: dict[str, Path]) -> None:
+    """Images of a run killed before its log was written are not results: clear them so it can resume."""
+    for key in ("image", "grid"):
+        if paths[key].exists():
+            print(f"removing incomplete leftover {paths[key]} (no log beside it)", file=sys.stderr)
+            paths[key].unlink()
+
+
+def plan(requests: list[Request], options: RunOptions, report: Report) -> list[Job]:
+    """Load and check every input first; skip finished results; a bad input costs only itself."""
+    jobs: list[Job] = []
+    loaded: dict[int, Tensor] = {}
+    for request in requests:
+        item = request.item
+        try:
+            key = id(item.load)
+            if key not in loaded:
+                loaded[key] = load_item(item)
+            job = prepare(request, loaded[key], options)
+        except SiloError as err:
+            report.failures.append(str(err) if item.source in str(err) else f"{item.source}: {err}")
+            print(f"{options.command}: error: {report.failures[-1]}", file=sys.stderr)
+            continue
+        if options.output_dir is not None and job.paths["log"].exists():
+            report.skipped += 1
+            if not options.quiet:
+                print(f"skip {item.source}: {job.paths['log']} exists", file=sys.stderr)
+            if options.keep_outputs:
+                report.results.append(_finished(job))
+            continue
+        if options.output_dir is not None:
+            _remove_leftovers(job.paths)
+        jobs.append(job)
+    return jobs
+
+
+def _finished(job: Job) -> dict[str, Any]:
+    """A finished result read back (the Python front door returns it like a new one)."""
+    import json
+
+    from silo.io.images import load_image
+
+    log = json.loads(job.paths["log"].read_text())
+    image = load_image(job.paths["image"], False, 1 << 62) if job.paths["image"].exists() else None
+    return {"log": log, "output": image, "path": job.paths["log"]}
+
+
+def batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Batches of one setup and seed, equal tensor sizes and parameter names, at most ``size`` each."""
+    out: list[list[Job]] = []
+    for job in jobs:
+        for batch in out:
+            first = batch[0]
+            if (len(batch) < size and first.request.setup is job.request.setup and first.request.seed == job.request.seed
+                    and first.tensor.shape == job.tensor.shape and first.params.keys() == job.params.keys()):
+                batch.append(job)
+                break
+        else:
+            out.append([job])
+    return out
+
+
+def run(requests: list[Request], options: RunOptions) -> Report:
+    """Restore every request; see the module's docstring for what is guaranteed."""
+    report = Report()
+    queue = batches(plan(requests, options, report), options.batch_size)
+    while queue:
+        batch = queue.pop(0)
+        try:
+            results = _restore_batch(batch, options)
+        except (torch.OutOfMemoryError, SiloError) as err:
+            if len(batch) > 1:  # retry one by one so one bad image does not lose the others
+                queue = [[j] for j in batch] + queue
+                continue
+            if isinstance(err, torch.OutOfMemoryError):
+                from silo.evaluation.memory import release_memory
+
+                release_memory(batch[0].request.setup.prior.device)
+                h, w = batch[0].tensor.shape[-2:]
+                err = SiloError(f"out of memory restoring a {w}x{h} input; use --dtype bfloat16, --pad off or a smaller image")
+            report.failures.append(f"{batch[0].request.item.source}: {err}")
+            print(f"{options.command}: error: {report.failures[-1]}", file=sys.stderr)
+            continue
+        for job, (files, log, output) in zip(batch, results):
+            if options.output_dir is None:
+                report.done += 1
+                if options.keep_outputs:
+                    report.results.append({"log": log, "output": output, "path": None})
+                continue
+            try:
+                from silo.io.outputs import write_group
+
+                write_group(files)
+            except SiloError as err:
+                report.failures.append(str(err))
+                print(f"{options.command}: error: {err}", file=sys.stderr)
+                continue
+            report.done += 1
+            report.logs.append(job.paths["log"])
+            if options.keep_outputs:
+                report.results.append({"log": log, "output": output, "path": job.paths["log"]})
+            if options.on_result is not None:
+                options.on_result(job.paths["log"], log)
+            if not options.quiet:
+                shown = ", ".join(f"{k} {_fmt(v)}" for k, v in log["metrics"].items()
+                                  if k in ("psnr", "ssim", "consistency_psnr", "consistency_psnr_vs_measurement", "seconds"))
+                print(f"{job.request.item.source} -> {job.paths['log'].with_suffix('')}.* ({shown})")
+    return report
+
+
+def _fmt(v: Any) -> str:
+    import math
+
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _restore_batch(batch: list[Job], options: RunOptions) -> list[tuple[dict[Path, bytes], dict[str, Any], Tensor]]:
+    """Sample one batch and build each result's files (log last); nothing is written here."""
+    from contextlib import nullcontext
+
+    from silo.evaluation.memory import PeakMemory, max_rss, release_memory
+    from silo.evaluation.metrics import psnr, restoration_metrics
+    from silo.io.grid import make_grid
+    from silo.io.images import tensor_to_pil
+    from silo.io.outputs import json_bytes, json_safe, png_bytes, write_new
+    from silo.pipeline import padded_size, restore
+    from silo.provenance import device_name, fingerprint, library_versions, prior_fingerprint
+    from silo.samplers.registry import NAIVE
+
+    first = batch[0]
+    setup, seed = first.request.setup, first.request.seed
+    prior, task = setup.prior, setup.task
+    size = padded_size(prior, task, *first.crop) if options.pad else first.crop
+    resolved = setup.resolved.at_size(*size)
+    tensors = torch.cat([j.tensor for j in batch])
+    params = {k: torch.cat([j.params[k] for j in batch]) for k in first.params}
+    kwargs = {"reference": tensors} if options.simulate else {"measurement": tensors}
+    device = prior.device
+    if options.measure_memory:
+        release_memory(device)
+    meter = PeakMemory(device) if options.measure_memory else nullcontext()
+    with meter as mem:
+        res = restore(prior, task, resolved.settings, [j.identity.image_seed for j in batch], params=params,
+                      method=setup.method, operator=setup.operator, callback=options.callback,
+                      show_progress=options.show_progress, pad=options.pad, method_options=resolved.method_options,
+                      **kwargs)
+    settings_log = resolved.values()
+    operator = setup.operator
+    base = {
+        "schema": "silo.result/2",
+        "command": shlex.join(sys.argv),
+        "mode": "simulate" if options.simulate else "measurement",
+        "task": task.to_dict(),
+        "method": setup.method,
+        "method_label": setup.label,
+        "method_options": dict(resolved.method_options),
+        "preset": setup.preset,
+        "prior": {"source": str(setup.prior_source), **prior.describe(), "fingerprint": prior_fingerprint(prior)},
+        "operator": None if operator is None else {
+            "source": getattr(operator, "source", None), "kind": setup.kind,
+            "config": {k: v for k, v in dict(operator.config).items() if not k.startswith("_")},
+            "fingerprint": fingerprint(operator)},
+        "settings": {k: v for k, v in settings_log.items() if k not in ("seed", "method_options")},
+        "setting_sources": resolved.sources,
+        "seed": seed,
+        "dtype": options.dtype,
+        "device": device_name(device),
+        "versions": library_versions(),
+        **options.log_extra,
+    }
+    out = []
+    for i, job in enumerate(batch):
+        h, w = job.crop
+        output = res.output[i : i + 1, :, :h, :w].cpu()
+        a_out = res.a_output[i : i + 1].cpu()
+        y = res.measurement[i : i + 1].cpu()
+        if options.simulate:
+            ref = res.reference[i : i + 1, :, :h, :w].cpu()
+            metrics = restoration_metrics(output, ref, a_out, res.a_reference[i : i + 1].cpu(), with_lpips=options.lpips)[0]
+            panels = [("x", ref), ("A(x)+n", y), ("output", output), ("A(output)", a_out)]
+        else:
+            metrics = {"consistency_psnr_vs_measurement": psnr(a_out, y)[0]}
+            panels = [("y", y), ("output", output), ("A(output)", a_out)]
+        metrics["seconds"] = res.seconds / len(batch)  # per image: the batch's wall time shared out
+        metrics["seconds_per_step"] = res.seconds / len(batch) / res.steps if res.steps else None
+        log: dict[str, Any] = {
+            **base,
+            "identity": job.identity.to_log(),
+            "image_seed": job.identity.image_seed,
+            "input": job.request.item.source,
+            "name": job.request.item.name,
+            "image_size": [h, w],
+            "batch_size": len(batch),
+            "metrics": metrics,
+            "sampling_seconds": res.seconds,
+            "outputs": {k: p.name for k, p in job.paths.items() if k == "log" or options.save in (k, "both")},
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if options.measure_memory:
+            metrics["peak_memory_bytes"] = mem.peak
+            log["memory"] = {**mem.result(), "process_max_rss_bytes": max_rss()}
+        if options.references is not None and options.simulate and options.output_dir is not None:
+            ref_path = options.references / f"{job.request.item.name}.png"
+            if not ref_path.exists():
+                try:
+                    write_new(ref_path, png_bytes(tensor_to_pil(ref)))
+                except SiloError:
+                    pass  # written meanwhile by another process: the same bytes
+            log["reference_image"] = f"../{options.references.name}/{ref_path.name}"
+        files: dict[Path, bytes] = {}
+        if options.save in ("image", "both"):
+            files[job.paths["image"]] = png_bytes(tensor_to_pil(output))
+        if options.save in ("grid", "both"):
+            s = resolved.settings
+            what = "no sampling" if setup.method == NAIVE else f"{s.steps_run}/{s.steps} steps | eta {s.eta:.3g}"
+            line = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
+                              if isinstance(v, (float, int)) and not k.endswith("_note") and k != "peak_memory_bytes")
+            files[job.paths["grid"]] = png_bytes(make_grid(panels, [f"{task.name} | {setup.label} | {what} | seed {seed}", line]))
+        files[job.paths["log"]] = json_bytes(json_safe(log))  # the log last: its presence marks the result done
+        out.append((files, log, output))
+    return out

@@ -1,0 +1,205 @@
+"""Sampling settings, and the one place that decides them for every front door.
+
+:func:`resolve` takes what the user asked for (CLI flags, Python keyword arguments), a preset, the prior's
+card, the operator's card and the task, and returns the settings with the source of every value. The first
+source in a setting's row that has a value wins:
+
+=================  ===================================================================================
+setting            precedence (first with a value wins)
+=================  ===================================================================================
+steps              request > preset > prior card ``default_steps`` > 999
+scheduler          request > preset (ddpm) > prior card ``default_scheduler`` > ddpm
+eta                request > preset > operator card ``recommended_eta`` (scaled by side) > task > 0.5
+start_strength     request > preset (1) > operator card > prior card ``default_start_strength`` > task > 1
+clamp_measurement  request > preset > prior card ``clamp_measurement`` > task > false
+prompt, seed       request > preset > "" / 1000
+method options     request > the sampler's default (its keyword-only arguments)
+everything else    request > default
+=================  ===================================================================================
+
+The operator card is the card of the operator the task uses, for every method: a baseline starts where
+SILO starts (same warm start, steps and scheduler) unless the user says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from silo.cards import OperatorCard, PriorCard
+from silo.errors import SiloError
+
+DEFAULT_SEED = 1000
+
+
+@dataclass
+class SamplerSettings:
+    """Settings shared by every method; method-specific step sizes are the samplers' keyword arguments."""
+
+    steps: int = 999
+    scheduler: str = "ddpm"  # a name of silo.samplers.context.SCHEDULERS or a diffusers scheduler class
+    eta: float = 0.5  # SILO's guidance step size ("scale" in the reference)
+    grad_clamp: float | None = 1.0  # clamp of the guidance gradient, elementwise; None disables
+    clamp_measurement: bool = False  # clamp E(y) to [-4, 4]
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
+    cfg_fix: bool = False  # with CFG, the operator sees z0_hat of the text-conditional prediction only
+    prompt: str = ""
+    negative_prompt: str = ""
+    # fraction of the noise schedule run: 1 starts from pure noise (the paper); below 1 the sampler starts
+    # from the encoded measurement noised to that level and runs only the last part of the schedule
+    start_strength: float = 1.0
+    ddim_eta: float = 0.0  # stochasticity of DDIM steps (not the guidance step size)
+    # image side (px) at which ``eta`` was tuned. The guidance differentiates a norm, so each latent's share
+    # of the step shrinks as 1 / side (1 / sqrt(pixels)); with a reference the step is scaled by
+    # sqrt(H * W) / size, so an eta tuned on 64 px crops means the same per latent at 256 px. None: eta as
+    # given (the paper)
+    eta_reference_size: int | None = None
+    deterministic: bool = False  # deterministic kernels (slower on GPU)
+    prompt_embeds: Any = None  # PromptEmbeddings: bypass the text encoder
+
+    @property
+    def steps_run(self) -> int:
+        """Denoising steps a sampler runs: ``steps``, or its last ``start_strength`` fraction (at least one)."""
+        return max(1, round(self.start_strength * self.steps))
+
+    def guidance_eta(self, height: int, width: int) -> float:
+        """SILO's step size for ``height x width`` images (see ``eta_reference_size``)."""
+        if self.eta_reference_size is None:
+            return self.eta
+        return self.eta * math.sqrt(height * width) / self.eta_reference_size
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("prompt_embeds")
+        return data
+
+
+#: the settings a request may set (``seed`` and ``method_options`` besides these)
+SETTING_NAMES = tuple(f.name for f in fields(SamplerSettings) if f.name not in ("prompt_embeds", "eta_reference_size"))
+
+
+@dataclass
+class Resolved:
+    """Settings as decided, with where each value came from (``{"eta": "operator card sr4-cnn"}``)."""
+
+    settings: SamplerSettings
+    sources: dict[str, str]
+    seed: int = DEFAULT_SEED
+    method: str = "silo"
+    method_options: dict[str, float] = field(default_factory=dict)
+
+    def at_size(self, height: int, width: int) -> "Resolved":
+        """The settings as used on ``height x width`` images: a card's eta scaled from the side it was tuned at."""
+        s = self.settings
+        if s.eta_reference_size is None:
+            return self
+        eta = s.guidance_eta(height, width)
+        source = (f"{self.sources['eta']} ({s.eta:g} tuned at {s.eta_reference_size} px, "
+                  f"x {math.sqrt(height * width) / s.eta_reference_size:g} at {width}x{height})")
+        return replace(self, settings=replace(s, eta=eta, eta_reference_size=None), sources={**self.sources, "eta": source})
+
+    def values(self) -> dict[str, Any]:
+        """Every value that changes the pixels, for logs and result identity (no prompt embeddings)."""
+        values = self.settings.to_dict()
+        if self.method == "naive":  # the naive estimate samples nothing
+            values = {"steps": 0, "eta": None, **{k: v for k, v in values.items() if k not in ("steps", "eta")}}
+        return {**values, "seed": self.seed, "method_options": dict(sorted(self.method_options.items()))}
+
+    def to_log(self) -> dict[str, Any]:
+        return {"values": self.values(), "sources": dict(self.sources)}
+
+
+def _pick(name: str, candidates: list[tuple[str, Any]]) -> tuple[Any, str]:
+    for source, value in candidates:
+        if value is not None:
+            return value, source
+    raise AssertionError(f"no default for {name}")  # every row ends with a default
+
+
+def resolve(
+    task: Any,
+    request: Mapping[str, Any] | None = None,
+    *,
+    method: str = "silo",
+    preset: Any = None,
+    prior_card: PriorCard | None = None,
+    operator_card: OperatorCard | None = None,
+) -> Resolved:
+    """The settings of one run, and the source of each value (see the module's table).
+
+    ``request`` holds what the user set: any of :data:`SETTING_NAMES`, ``seed`` and ``method_options``
+    (a dict); a value of None means "not set". ``task`` is a :class:`silo.degradations.tasks.Task`.
+    """
+    from silo.samplers.registry import sampler_options
+
+    request = {k: v for k, v in dict(request or {}).items() if v is not None}
+    unknown = set(request) - set(SETTING_NAMES) - {"seed", "method_options"}
+    if unknown:
+        raise SiloError(f"unknown setting(s) {', '.join(sorted(unknown))} (known: {', '.join(SETTING_NAMES)}, seed)")
+    prior_card = prior_card or PriorCard()
+    operator_card = operator_card or OperatorCard()
+    sampling = dict(getattr(task, "sampling", {}) or {})
+    pre = (lambda key: getattr(preset, key, None)) if preset is not None else (lambda key: None)
+    preset_name = f"preset {preset.name}" if preset is not None else "preset"
+    req = "request"
+
+    options_requested = dict(request.pop("method_options", {}) or {})
+    if method == "silo" and "eta" in options_requested:  # SILO's step size is a setting: one name for it
+        request.setdefault("eta", options_requested.pop("eta"))
+    defaults = sampler_options(method)
+    bad = set(options_requested) - set(defaults)
+    if bad:
+        raise SiloError(f"{method} takes {', '.join(sorted(defaults)) or 'no options'}; not {', '.join(sorted(bad))}")
+    method_options = {k: float(options_requested.get(k, v)) for k, v in defaults.items()}
+
+    chosen: dict[str, tuple[Any, str]] = {}
+    chosen["steps"] = _pick("steps", [(req, request.get("steps")), (preset_name, pre("steps")),
+                                      (prior_card.label, prior_card.default_steps), ("default", 999)])
+    chosen["scheduler"] = _pick("scheduler", [(req, request.get("scheduler")),
+                                              (preset_name, "ddpm" if preset is not None else None),
+                                              (prior_card.label, prior_card.default_scheduler), ("default", "ddpm")])
+    eta_card = operator_card.recommended_eta
+    chosen["eta"] = _pick("eta", [(req, request.get("eta")), (preset_name, pre("eta")), (operator_card.label, eta_card),
+                                  (f"task {task.name}", sampling.get("eta")), ("default", 0.5)])
+    chosen["start_strength"] = _pick("start_strength", [
+        (req, request.get("start_strength")), (preset_name, 1.0 if preset is not None else None),
+        (operator_card.label, operator_card.recommended_start_strength),
+        (prior_card.label, prior_card.default_start_strength),
+        (f"task {task.name}", sampling.get("start_strength")), ("default", 1.0)])
+    chosen["clamp_measurement"] = _pick("clamp_measurement", [
+        (req, request.get("clamp_measurement")), (preset_name, pre("clamp")),
+        (prior_card.label, prior_card.clamp_measurement),
+        (f"task {task.name}", sampling.get("clamp_measurement")), ("default", False)])
+    chosen["prompt"] = _pick("prompt", [(req, request.get("prompt")), (preset_name, pre("prompt")), ("default", "")])
+    seed, seed_source = _pick("seed", [(req, request.get("seed")), (preset_name, pre("seed")), ("default", DEFAULT_SEED)])
+    base = SamplerSettings()
+    for name in SETTING_NAMES:
+        if name not in chosen:
+            chosen[name] = (request[name], req) if name in request else (getattr(base, name), "default")
+
+    values = {k: v for k, (v, _) in chosen.items()}
+    values["clamp_measurement"] = bool(values["clamp_measurement"])
+    values["steps"] = int(values["steps"])
+    values["start_strength"] = float(values["start_strength"])
+    if values.get("grad_clamp") == 0:
+        values["grad_clamp"] = None  # 0 disables the clamp
+    eta_size = operator_card.recommended_eta_size if chosen["eta"][1] == operator_card.label else None
+    settings = SamplerSettings(**values, eta_reference_size=eta_size)
+    sources = {k: s for k, (_, s) in chosen.items()}
+    sources["seed"] = seed_source
+    sources.update({f"method_options.{k}": (req if k in options_requested else "default") for k in method_options})
+    check(settings)
+    return Resolved(settings, sources, int(seed), method, method_options)
+
+
+def check(settings: SamplerSettings) -> None:
+    """One clear error for a setting out of range, before any work."""
+    if settings.steps < 1:
+        raise SiloError(f"steps must be >= 1, got {settings.steps}")
+    if not 0.0 < settings.start_strength <= 1.0:
+        raise SiloError(f"start strength must be in (0, 1], got {settings.start_strength}")
+    if settings.eta < 0 or (settings.grad_clamp or 0) < 0 or settings.ddim_eta < 0:
+        raise SiloError("eta, grad clamp and DDIM eta must be >= 0")
+    if settings.cfg_fix and settings.guidance_scale == 1.0:
+        raise SiloError("cfg fix only matters with a guidance scale > 1")
