@@ -23,7 +23,7 @@ SILO=${SILO:-$PY -m silo}
 THREADS=$(nproc)
 case "$STAGE" in
   unet) stage_args=(--stage unet --vae "$PRIOR/vae"); precision=bf16 ;;
-  decoder) stage_args=(--stage vae --freeze-encoder --loss "${LOSS:-mse}" --crop 64); precision=no ;;
+  decoder) stage_args=(--stage vae --freeze-encoder --loss "${LOSS:-mse}" --crop-size 64); precision=no ;;
   *) echo "STAGE must be unet or decoder, not '$STAGE'" >&2; exit 2 ;;
 esac
 export ACCELERATE_MIXED_PRECISION=${ACCELERATE_MIXED_PRECISION:-$precision} HF_HUB_OFFLINE=1
@@ -34,7 +34,7 @@ if [ -f "$RUN/main/config.json" ]; then  # a rerun resumes with the horizon it w
   steps=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['max_steps'])" "$RUN/main/config.json")
   echo "resuming $RUN/main towards step $steps"
 else
-  $SILO train-prior "${common[@]}" --output "$RUN/probe" --max-steps 40 --eval-every 40 --checkpoint-every 40
+  $SILO train-prior "${common[@]}" --output-dir "$RUN/probe" --max-steps 40 --validation-every 40 --checkpoint-every 40
   per_step=$("$PY" -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['s_per_step'])" "$RUN/probe/log.jsonl")
   # at least 300 steps: the warm-up is 100
   steps=$("$PY" -c "import sys; print(max(300, int(float(sys.argv[1]) / float(sys.argv[2]))))" "$BUDGET_S" "$per_step")
@@ -44,6 +44,6 @@ else
     [ -e "$f" ] && [ ! -e "$RUN/main/$(basename "$f")" ] && cp "$f" "$RUN/main/"
   done
 fi
-eval_every=$(( steps / 8 > 250 ? steps / 8 : 250 ))
-$SILO train-prior "${common[@]}" --output "$RUN/main" --resume-from-checkpoint latest --max-steps "$steps" \
-  --time-limit "$BUDGET_S" --eval-every "$eval_every" --checkpoint-every 1000 --export "$EXPORT"
+validation_every=$(( steps / 8 > 250 ? steps / 8 : 250 ))
+$SILO train-prior "${common[@]}" --output-dir "$RUN/main" --resume-from-checkpoint latest --max-steps "$steps" \
+  --time-limit "$BUDGET_S" --validation-every "$validation_every" --checkpoint-every 1000 --export "$EXPORT"

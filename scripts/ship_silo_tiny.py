@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Ship silo-tiny inside the package: copy the trained prior and operators (fp16), measure them on the
-held-out photos, choose each task's operator kind, and write the model card, plots and README tables.
+held-out photos, choose each task's operator kind, and write the model card and its plots.
 
-    python scripts/ship_silo_tiny.py --runs /work/silo-runs
+    python scripts/ship_silo_tiny.py --runs runs
 
 Measurements are `silo evaluate` runs under RUNS/ship/<key>/, where the key hashes the staged weights and
 the measuring options (resumable: finished results are skipped, and results of other weights or settings
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "src" / "silo" / "weights" / "silo-tiny"
 DOC_IMAGES = ROOT / "docs" / "images"
 TASKS = ["sr4", "sr8", "gaussian_blur", "motion_blur", "inpaint_center", "inpaint_random", "jpeg"]
+# the kinds silo-tiny ships: a chosen subset of silo.operators.OPERATOR_CLASSES, not the list of kinds
 KINDS = ["cnn", "readout"]
 MAX_BYTES = 60 * 2**20
 CURVE_TASK = "sr4"
@@ -33,7 +34,7 @@ ETAS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]  # 16: the kernel-aware motion oper
 STRENGTHS = [0.02, 0.05, 0.1, 0.3, 1.0]  # 0.1 was the edge of [0.1, 0.3, 1] for most operators
 TUNE_SIZE = 64  # px: eta and the warm start are swept on training crops of this side
 # The published [-4, 4] clamp of E(y) fits SD's latents; 0.7% of silo-tiny's exceed it, its operators were trained
-# on unclamped targets, and clamping cost 0.5-0.7 dB on 81 training crops (sr4, sr8, both blurs; session 7)
+# on unclamped targets, and clamping cost 0.5-0.7 dB on 81 training crops (sr4, sr8, both blurs; docs/results.md)
 CLAMP_MEASUREMENT = False
 
 
@@ -147,7 +148,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, default=Path("/work/silo-runs"))
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--steps", type=int, default=50, help="default sampling steps written to the prior's card")
     parser.add_argument("--crops", type=int, default=100, help="held-out 64x64 crops")
     parser.add_argument("--curve-crops", type=int, default=16, help="held-out crops for the steps curve")
@@ -345,7 +346,7 @@ def make_task_grid(ship: Path, path: Path, default_operator: dict[str, str]) -> 
         kind = default_operator[task]
         runs = ship / f"photos256-{kind}" / "runs"
         naive = next(runs.glob(f"{name}_{task}_naive_*.png"), None)
-        silo = next(runs.glob(f"{name}_{task}_silo-{kind}_*.png"), None)
+        silo = next(runs.glob(f"{name}_{task}_silo_s1000_*.png"), None)
         ref = ship / f"photos256-{kind}" / "references" / f"{name}.png"
         if not (naive and silo and ref.is_file()):
             continue

@@ -14,16 +14,16 @@ PRIOR=$RUNS/prior
 # made each step 3-5x slower (measured: 9.4 s vs 2.0 s per VAE step under load 7.5 on 2 cores)
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE
 
-silo build-data --output "$RUNS/data"
+silo build-data --output-dir "$RUNS/data"
 
 if [ ! -f "$PRIOR/vae/config.json" ]; then
-  silo train-prior --stage vae --data "$RUNS/data" --output "$RUNS/vae" --resume-from-checkpoint latest \
-    --max-steps "$VAE_STEPS" --batch-size 8 --lr 1e-3 --crop 64 --threads "$THREADS" --checkpoint-every 100 \
-    --model '{"latent_channels": 16, "groups": 8}' --export "$PRIOR"
+  silo train-prior --stage vae --data "$RUNS/data" --output-dir "$RUNS/vae" --resume-from-checkpoint latest \
+    --max-steps "$VAE_STEPS" --batch-size 8 --lr 1e-3 --crop-size 64 --threads "$THREADS" --checkpoint-every 100 \
+    --prior-config '{"latent_channels": 16, "groups": 8}' --export "$PRIOR"
 fi
 
-silo train-prior --stage unet --data "$RUNS/data" --output "$RUNS/unet" --vae "$PRIOR/vae" \
-  --resume-from-checkpoint latest --max-steps "$UNET_STEPS" --batch-size 16 --lr 4e-4 --crop 128 --checkpoint-every 100 \
+silo train-prior --stage unet --data "$RUNS/data" --output-dir "$RUNS/unet" --vae "$PRIOR/vae" \
+  --resume-from-checkpoint latest --max-steps "$UNET_STEPS" --batch-size 16 --lr 4e-4 --crop-size 128 --checkpoint-every 100 \
   --threads "$THREADS" --export "$PRIOR"
 echo "silo-tiny prior ready in $PRIOR"
 
@@ -46,7 +46,7 @@ KERNEL_AWARE_TASKS=${KERNEL_AWARE_TASKS:-"motion_blur"}
 OP_STEPS_KERNEL_AWARE=${OP_STEPS_KERNEL_AWARE:-1200}
 TASKS=${TASKS:-"sr4 sr8 gaussian_blur motion_blur inpaint_center inpaint_random jpeg"}
 KINDS=${KINDS:-"cnn readout"}
-silo build-data --output "$RUNS/data" --patches 4000 --patch-size 128
+silo build-data --output-dir "$RUNS/data" --patches 4000 --patch-size 128
 for kind in $KINDS; do
   for task in $TASKS; do
     out=$RUNS/operators/$task-$kind
@@ -64,9 +64,9 @@ for kind in $KINDS; do
       fi
       continue
     fi
-    silo train-operator "${extra[@]}" --prior "$PRIOR" --task "$task" --kind "$kind" --data "$RUNS/data/patches-128" \
-      --crop-size "$OP_CROP" --batch-size "$OP_BATCH" --max-steps "$steps" --lr "$lr" --operator-config "$arch" --output "$out" --resume-from-checkpoint latest \
-      --checkpoint-every 100 --validation-every 500 --num-workers 0 --cpu
+    silo train-operator "${extra[@]}" --prior "$PRIOR" --task "$task" --operator-kind "$kind" --data "$RUNS/data/patches-128" \
+      --crop-size "$OP_CROP" --batch-size "$OP_BATCH" --max-steps "$steps" --lr "$lr" --operator-config "$arch" --output-dir "$out" --resume-from-checkpoint latest \
+      --checkpoint-every 100 --validation-every 500 --num-workers 0 --device cpu
   done
 done
 echo "silo-tiny operators ready in $RUNS/operators"

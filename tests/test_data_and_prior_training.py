@@ -263,19 +263,44 @@ def test_resumed_run_keeps_its_fine_tuning_flags(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text(json.dumps({"step": 1, "config": {"model": {}}}))
-    args = build_parser().parse_args(["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output",
+    args = build_parser().parse_args(["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output-dir",
                                       str(tmp_path / "run"), "--resume-from-checkpoint", "latest",
                                       "--freeze-encoder", "--init-from", str(tmp_path)])
     with pytest.raises(SiloError, match="without --freeze-encoder"):
         run(args)
-    args = build_parser().parse_args(["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output",
+    args = build_parser().parse_args(["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output-dir",
                                       str(tmp_path / "run"), "--resume-from-checkpoint", "latest", "--loss", "mse"])
     with pytest.raises(SiloError, match="--loss l1"):
         run(args)
-    args = build_parser().parse_args(["train-prior", "--stage", "unet", "--data", str(tmp_path), "--output",
+    args = build_parser().parse_args(["train-prior", "--stage", "unet", "--data", str(tmp_path), "--output-dir",
                                       str(tmp_path / "u"), "--loss", "mse"])
     with pytest.raises(SiloError, match="VAE's reconstruction loss"):
         run(args)
+
+
+def test_command_line_words_map_to_the_saved_config_fields(tmp_path, monkeypatch):
+    """--output-dir, --crop-size, --validation-every and --prior-config fill the fields runs save (output, crop,
+    eval_every, model); unset, the stage's defaults; a resumed run keeps the model config it saved."""
+    import silo.training.prior as prior_training
+    from silo.cli import build_parser
+    from silo.cli.train_prior import DEFAULTS, run
+
+    seen = []
+    monkeypatch.setattr(prior_training, "train", lambda cfg, resume=None: seen.append(cfg) or {})
+    base = ["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output-dir", str(tmp_path / "run")]
+    run(build_parser().parse_args([*base, "--crop-size", "32", "--validation-every", "5",
+                                   "--prior-config", json.dumps(TINY_VAE)]))
+    assert (seen[-1].output, seen[-1].crop, seen[-1].eval_every, seen[-1].model) == (str(tmp_path / "run"), 32, 5, TINY_VAE)
+    run(build_parser().parse_args(base))
+    assert (seen[-1].crop, seen[-1].eval_every, seen[-1].model) == (DEFAULTS["vae"]["crop_size"],
+                                                                    DEFAULTS["vae"]["validation_every"], {})
+    with pytest.raises(SiloError, match="--prior-config must be a JSON object"):
+        run(build_parser().parse_args([*base, "--prior-config", "[1]"]))
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 1, "config": {"model": TINY_VAE, "crop": 32}}))
+    run(build_parser().parse_args([*base, "--resume-from-checkpoint", "latest"]))
+    assert seen[-1].model == TINY_VAE
 
 
 def test_unknown_vae_loss_is_refused(tmp_path):

@@ -37,7 +37,7 @@ def test_build_data_from_the_installed_packages(tmp_path):
     """`silo build-data` on the shipped manifest: every photo found with its checksum, held-out kept apart."""
     from silo.cli import main
 
-    assert main(["build-data", "--output", str(tmp_path / "data")]) == 0
+    assert main(["build-data", "--output-dir", str(tmp_path / "data")]) == 0
     dataset = json.loads((tmp_path / "data" / photos.DATASET_FILE).read_text())
     manifest = photos.load_manifest()
     names = {f["name"] for f in dataset["files"]}

@@ -190,15 +190,26 @@ def test_registry_entry_declares_the_contract(kind):
     assert (kind in trainable_kinds()) == (defaults is not None)
 
 
+def test_the_cli_reads_the_registry_only_when_needed():
+    """The kind options list OPERATOR_CLASSES without importing it (or torch) to build the ``silo`` parser."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from silo.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'silo.operators') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize("kind", trainable_kinds())
 def test_trainable_kinds_are_accepted_by_training_and_the_cli(tiny_prior, kind):
     from silo.cli import build_parser
     from silo.training.operator import TrainOperatorConfig
 
     TrainOperatorConfig(prior="p", output="o", kind=kind, task="sr4").check()
-    args = build_parser().parse_args(["train-operator", "--prior", "p", "--task", "sr4", "--data", "d", "--output", "o",
-                                      "--kind", kind])
-    assert args.kind == kind
+    args = build_parser().parse_args(["train-operator", "--prior", "p", "--task", "sr4", "--data", "d",
+                                      "--output-dir", "o", "--operator-kind", kind])
+    assert args.operator_kind == kind
     op = OPERATOR_CLASSES[kind].for_prior(tiny_prior, norm_size=NORM_SIZE)
     names = [name for name, _ in op.named_parameters()]
     from fnmatch import fnmatchcase

@@ -121,6 +121,23 @@ def test_kind_mismatch_is_refused(tmp_path):
         load_published_operator(src, kind="readout")
 
 
+def test_convert_checkpoint_operator_kind_comes_from_the_registry(tmp_path, capsys):
+    """--operator-kind takes the kinds of OPERATOR_CLASSES (listed in the help), and a file of another kind is refused."""
+    from silo.cli import build_parser
+    from silo.operators import OPERATOR_CLASSES
+
+    src = save_published("cnn_sigma_layernorm", tmp_path)
+    assert cli_main(["convert-checkpoint", str(src), str(tmp_path / "a"), "--operator-kind", "readout"]) == 2
+    assert "holds a cnn operator, not readout" in capsys.readouterr().err
+    assert cli_main(["convert-checkpoint", str(src), str(tmp_path / "b"), "--operator-kind", "cnn"]) == 0
+    assert load_operator(tmp_path / "b").kind == "cnn"
+    with pytest.raises(SystemExit):
+        cli_main(["convert-checkpoint", str(src), str(tmp_path / "c"), "--operator-kind", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    sub = build_parser()._subparsers._group_actions[0].choices["convert-checkpoint"]
+    assert f"one of {', '.join(OPERATOR_CLASSES)};" in " ".join(sub.format_help().split())
+
+
 def test_missing_and_unexpected_keys_are_named(tmp_path):
     state = recipe_state_dict("preserve_ldn")
     del state["blocks.1.norm2.bias"]

@@ -76,3 +76,21 @@ def test_methods_lists_the_registry(toy_registered, capsys):
         assert out.count(f"\n{name} ") + out.startswith(f"{name} ") == 1, name
     assert "toy pull: needs nothing; options pull=0.1" in out
     assert "psld" in out and "a linear degradation" in out
+
+
+@pytest.mark.parametrize("method", list(SAMPLERS))
+def test_any_variance_preserving_diffusers_scheduler_plugs_in(tiny_prior, method):
+    from silo.degradations.tasks import load_task
+    from silo.errors import SiloError
+    from silo.pipeline import restore
+    from silo.samplers import SamplerSettings
+
+    x = random_images(1, (32, 32), seed=1)
+    op = contract_operator(tiny_prior) if SAMPLERS[method].needs_operator else None
+    seen = []
+    out = restore(tiny_prior, load_task("sr4"), SamplerSettings(steps=3, scheduler="DPMSolverMultistepScheduler"), [1],
+                  reference=x, method=method, operator=op, show_progress=False, callback=seen.append).output
+    assert torch.isfinite(out).all() and len(seen) == 3
+    with pytest.raises(SiloError, match="variance-preserving scheduler"):  # sigma-space latents do not fit
+        restore(tiny_prior, load_task("sr4"), SamplerSettings(steps=2, scheduler="EulerDiscreteScheduler"), [1],
+                reference=x, method=method, operator=op, show_progress=False)

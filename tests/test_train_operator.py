@@ -16,7 +16,7 @@ from silo.errors import SiloError
 from silo.testing import random_images, tiny_prior
 from silo.training import data as tdata
 from silo.training.operator import OperatorTrainer, TrainOperatorConfig, train_operator
-from silo.training.user_degradation import load_user_degradation, probe_scale, user_task
+from silo.degradations.user import load_user_degradation, probe_scale, user_task
 
 CROP = 32
 SMALL = {"cnn": {"channels": [8, 8, 8, 8]},
@@ -185,13 +185,62 @@ def test_kernel_aware_operator_trains_on_motion_blur(files, tmp_path):
     assert card["operator"]["blur_kernel_scale"] == op.config.blur_kernel_scale
     with pytest.raises(SiloError, match="needs a blur task; the task sr4 has no blur kernel"):
         OperatorTrainer(config(files, tmp_path / "x", kernel_aware=True)).setup()
-    with pytest.raises(SiloError, match="--kernel-aware is for CNN operators"):
+    with pytest.raises(SiloError, match=r"--kernel-aware is for operator kinds that read a blur kernel \(--operator-kind cnn\), not readout"):
         OperatorTrainer(config(files, tmp_path / "y", kind="readout", kernel_aware=True)).setup()
     with pytest.raises(SiloError, match="kernel_aware was True, now False"):
         OperatorTrainer(config(files, tmp_path / "ka", task="motion_blur", max_steps=12,
                                resume_from_checkpoint="latest")).setup().resume()
     with pytest.raises(SiloError, match="kernel-aware True, this run is not"):
         OperatorTrainer(config(files, tmp_path / "z", task="motion_blur", init_operator=str(tmp_path / "ka"))).setup()
+
+
+@pytest.mark.parametrize("kind", ["cnn", "readout"])
+def test_training_defaults_come_from_the_kind(files, tmp_path, kind):
+    """Noise range, learning rate, optimiser and untrained parameters are what the operator class declares."""
+    from fnmatch import fnmatchcase
+
+    from silo.operators import OPERATOR_CLASSES
+
+    defaults = OPERATOR_CLASSES[kind].training_defaults
+    trainer = OperatorTrainer(config(files, tmp_path / "op", kind=kind, lr=None)).setup()
+    assert trainer.lr == defaults.lr and trainer.sigma_max == defaults.noise_sigma_max
+    assert type(trainer.optimizer.optimizer) is defaults.optimizer_class()
+    frozen = [name for name, p in trainer.model.named_parameters() if not p.requires_grad]
+    assert all(any(fnmatchcase(name, pat) for pat in defaults.frozen_parameters) for name in frozen)
+    assert bool(frozen) == bool(defaults.frozen_parameters)
+
+
+def test_build_operator_gives_a_mask_channel_only_to_kinds_that_read_one():
+    from silo.training.operator import build_operator
+
+    prior = tiny_prior()
+    assert build_operator("readout", prior, CROP, True, SMALL["readout"]).reads == {"features", "mask"}
+    assert build_operator("readout", prior, CROP, False, SMALL["readout"]).reads == {"features"}
+    assert build_operator("cnn", prior, CROP, True, SMALL["cnn"]).reads == {"z0"}  # a masked task, a CNN
+    assert build_operator("cnn", prior, CROP, False, SMALL["cnn"], kernel_aware=True).reads == {"z0", "kernel"}
+
+
+def test_kinds_without_training_defaults_are_refused():
+    from silo.operators import trainable_kinds
+
+    with pytest.raises(SiloError, match=f"--operator-kind must be one of {', '.join(trainable_kinds())}, got 'preserve'"):
+        TrainOperatorConfig(prior="p", output="o", kind="preserve", task="sr4").check()
+
+
+def test_command_line_words_map_to_the_config(capsys):
+    """--operator-kind, --output-dir, --init-from and --device {auto,cpu}; another --device is one line."""
+    from silo.cli import build_parser, main
+    from silo.cli.train_operator import config_from_args
+
+    base = ["train-operator", "--prior", "p", "--task", "sr4", "--data", "d", "--output-dir", "o"]
+    cfg = config_from_args(build_parser().parse_args([*base, "--operator-kind", "readout", "--init-from", "ops/a",
+                                                      "--device", "cpu"]))
+    assert (cfg.output, cfg.kind, cfg.init_operator, cfg.cpu) == ("o", "readout", "ops/a", True)
+    cfg = config_from_args(build_parser().parse_args(base))
+    assert (cfg.kind, cfg.init_operator, cfg.cpu) == ("cnn", None, False)
+    assert main([*base, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device must be auto or cpu, got 'cuda'" in err and len(err.splitlines()) == 1, err
 
 
 def test_bad_data_fails_before_training(files, tmp_path, capsys):
@@ -207,7 +256,7 @@ def test_bad_data_fails_before_training(files, tmp_path, capsys):
     cases = {"empty": "no images", "small": "16x16, smaller than --crop-size 32", "broken": "not a readable image"}
     for folder, words in cases.items():
         argv = ["train-operator", "--prior", str(files / "prior"), "--task", "sr4", "--data", str(tmp_path / folder),
-                "--output", str(tmp_path / "out"), "--crop-size", str(CROP), "--report-to", "none"]
+                "--output-dir", str(tmp_path / "out"), "--crop-size", str(CROP), "--report-to", "none"]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
@@ -223,7 +272,7 @@ def test_dataset_folder_through_the_cli_with_tensorboard(files, tmp_path):
     ds = datasets.Dataset.from_dict({"photo": imgs, "label": list(range(len(imgs)))})
     ds.cast_column("photo", datasets.Image()).save_to_disk(str(tmp_path / "ds"))
     argv = ["train-operator", "--prior", str(files / "prior"), "--task", "gaussian_blur", "--dataset", str(tmp_path / "ds"),
-            "--output", str(tmp_path / "op"), "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2",
+            "--output-dir", str(tmp_path / "op"), "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2",
             "--validation-images", "1", "--num-workers", "1", "--no-progress",
             "--operator-config", json.dumps(SMALL["cnn"])]
     assert main(argv) == 0
@@ -246,8 +295,8 @@ def test_without_tensorboard_training_logs_json_lines_and_says_so(files, tmp_pat
     argv = ["train-operator", "--prior", str(files / "prior"), "--task", "sr4", "--data", str(files / "imgs"),
             "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2", "--validation-images", "1",
             "--num-workers", "0", "--no-progress", "--operator-config", json.dumps(SMALL["cnn"])]
-    assert main([*argv, "--output", str(tmp_path / "a")]) == 0
-    assert main([*argv, "--output", str(tmp_path / "b")]) == 0
+    assert main([*argv, "--output-dir", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--output-dir", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert err.count("tensorboard is not installed") == 1 and "pip install tensorboard" in err
     lines = (tmp_path / "a" / "logs" / "metrics.jsonl").read_text().splitlines()
@@ -272,8 +321,8 @@ def test_two_processes_split_the_data_and_write_one_operator(files, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "silo", "train-operator",
-           "--cpu", "--prior", str(files / "prior"), "--task", "sr4", "--data", str(files / "imgs"),
-           "--output", str(tmp_path / "op"), "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2",
+           "--device", "cpu", "--prior", str(files / "prior"), "--task", "sr4", "--data", str(files / "imgs"),
+           "--output-dir", str(tmp_path / "op"), "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2",
            "--validation-images", "2", "--num-workers", "0", "--report-to", "none", "--no-progress",
            "--operator-config", json.dumps(SMALL["cnn"])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

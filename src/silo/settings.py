@@ -24,55 +24,15 @@ SILO starts (same warm start, steps and scheduler) unless the user says otherwis
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from silo.cards import OperatorCard, PriorCard
 from silo.errors import SiloError
+from silo.samplers.problem import SamplerSettings
+from silo.samplers.registry import sampler_options
 
 DEFAULT_SEED = 1000
-
-
-@dataclass
-class SamplerSettings:
-    """Settings shared by every method; method-specific step sizes are the samplers' keyword arguments."""
-
-    steps: int = 999
-    scheduler: str = "ddpm"  # a name of silo.samplers.context.SCHEDULERS or a diffusers scheduler class
-    eta: float = 0.5  # SILO's guidance step size ("scale" in the reference)
-    grad_clamp: float | None = 1.0  # clamp of the guidance gradient, elementwise; None disables
-    clamp_measurement: bool = False  # clamp E(y) to [-4, 4]
-    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
-    cfg_fix: bool = False  # with CFG, the operator sees z0_hat of the text-conditional prediction only
-    prompt: str = ""
-    negative_prompt: str = ""
-    # fraction of the noise schedule run: 1 starts from pure noise (the paper); below 1 the sampler starts
-    # from the encoded measurement noised to that level and runs only the last part of the schedule
-    start_strength: float = 1.0
-    ddim_eta: float = 0.0  # stochasticity of DDIM steps (not the guidance step size)
-    # image side (px) at which ``eta`` was tuned. The guidance differentiates a norm, so each latent's share
-    # of the step shrinks as 1 / side (1 / sqrt(pixels)); with a reference the step is scaled by
-    # sqrt(H * W) / size, so an eta tuned on 64 px crops means the same per latent at 256 px. None: eta as
-    # given (the paper)
-    eta_reference_size: int | None = None
-    deterministic: bool = False  # deterministic kernels (slower on GPU)
-    prompt_embeds: Any = None  # PromptEmbeddings: bypass the text encoder
-
-    @property
-    def steps_run(self) -> int:
-        """Denoising steps a sampler runs: ``steps``, or its last ``start_strength`` fraction (at least one)."""
-        return max(1, round(self.start_strength * self.steps))
-
-    def guidance_eta(self, height: int, width: int) -> float:
-        """SILO's step size for ``height x width`` images (see ``eta_reference_size``)."""
-        if self.eta_reference_size is None:
-            return self.eta
-        return self.eta * math.sqrt(height * width) / self.eta_reference_size
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("prompt_embeds")
-        return data
 
 
 #: the settings a request may set (``seed`` and ``method_options`` besides these)
@@ -131,8 +91,6 @@ def resolve(
     ``request`` holds what the user set: any of :data:`SETTING_NAMES`, ``seed`` and ``method_options``
     (a dict); a value of None means "not set". ``task`` is a :class:`silo.degradations.tasks.Task`.
     """
-    from silo.samplers.registry import sampler_options
-
     request = {k: v for k, v in dict(request or {}).items() if v is not None}
     unknown = set(request) - set(SETTING_NAMES) - {"seed", "method_options"}
     if unknown:

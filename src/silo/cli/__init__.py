@@ -26,6 +26,16 @@ def _command_modules():
             yield module
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it says something: not None or False, and not where the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from silo import __version__
 
@@ -40,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
             module.COMMAND,
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
+            allow_abbrev=False,  # an old or misspelt option is an error, never another option
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -9,7 +9,7 @@ HELP = "write the silo-tiny training/held-out photos (PNG, native + 1/2 + 1/4) f
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="folder to write (e.g. runs/data)")
+    parser.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write (e.g. runs/data)")
     parser.add_argument("--manifest", default=None, help="manifest JSON (default: the committed one)")
     parser.add_argument(
         "--source", action="append", default=None,
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--patches", type=int, default=0,
-        help="also cut this many random training patches into OUTPUT/patches-SIZE/ (fast to decode: the "
+        help="also cut this many random training patches into DIR/patches-SIZE/ (fast to decode: the "
         "`silo train-operator --data` folder for silo-tiny operators; deterministic) [default: none]",
     )
     parser.add_argument("--patch-size", type=int, default=128, help="patch side in px")
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             raise SiloError("--update-manifest needs --manifest PATH (the file to rewrite)")
         photos.update_manifest(args.manifest)
     manifest = photos.load_manifest(args.manifest)
-    out = photos.build_dataset(args.output, manifest, args.source, verify=not args.no_verify)
+    out = photos.build_dataset(args.output_dir, manifest, args.source, verify=not args.no_verify)
     chosen = [p for p in photos.manifest_photos(manifest) if not args.source or p.source in args.source]
     n = {s: sum(p.split == s for p in chosen) for s in ("train", "heldout")}
     print(f"wrote {out}: {n['train']} training photos x {len(manifest['scales'])} scales, {n['heldout']} held out")

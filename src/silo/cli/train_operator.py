@@ -17,25 +17,33 @@ dataset, for a shipped task (--task sr4), a task YAML, or your own degradation (
 function or no-argument class taking and returning B x 3 x H x W tensors in [-1, 1]).
 
 The same command runs on CPU, one GPU, several GPUs (`accelerate launch -m silo train-operator ...` or
-`torchrun -m silo train-operator ...`) and several machines. OUTPUT becomes an operator folder that
-`silo restore --operator OUTPUT` loads, with model_card.json, checkpoints/ (resume with
+`torchrun -m silo train-operator ...`) and several machines. --output-dir becomes an operator folder that
+`silo restore --operator DIR` loads, with model_card.json, checkpoints/ (resume with
 --resume-from-checkpoint latest), validation/ grids and logs/.
 
 Noise levels are standard deviations on the [0, 1] image scale, half the published code's [-1, 1] values;
 each kind's default --noise-sigma-max and --lr follow the published training runs. --batch-size is per process."""
 
+#: --device: accelerate's choice, or the CPU (accelerate's cpu=True)
+DEVICES = ("auto", "cpu")
 
-class _PerKind:
-    """The operator registry read only when argparse needs it (help, or checking --kind), so that building
-    the ``silo`` parser does not import the operator classes and their libraries."""
 
-    def __init__(self, describe: Callable[[TrainingDefaults], object] | None = None) -> None:
-        self.describe = describe
+class OperatorKinds:
+    """The kinds of the operator registry (``silo.operators.OPERATOR_CLASSES``) as argparse ``choices`` or a help
+    value, read only when argparse needs them (help, or checking a value), so that building the ``silo`` parser
+    does not import the operator classes and their libraries. Give it a ``metavar``: argparse lists the
+    choices of an option without one as soon as the option is added.
+
+    ``trainable``: only the kinds ``silo train-operator`` can train, else every registered kind.
+    ``describe``: ``str()`` gives, per kind, ``describe(its training defaults)`` before its name."""
+
+    def __init__(self, describe: Callable[[TrainingDefaults], object] | None = None, trainable: bool = True) -> None:
+        self.describe, self.trainable = describe, trainable
 
     def _kinds(self) -> list[str]:
-        from silo.operators import trainable_kinds
+        from silo.operators import OPERATOR_CLASSES, trainable_kinds
 
-        return trainable_kinds()
+        return trainable_kinds() if self.trainable else list(OPERATOR_CLASSES)
 
     def __contains__(self, kind: object) -> bool:
         return kind in self._kinds()
@@ -46,6 +54,8 @@ class _PerKind:
     def __str__(self) -> str:
         from silo.operators import OPERATOR_CLASSES
 
+        if self.describe is None:
+            return ", ".join(self._kinds())
         return ", ".join(f"{self.describe(OPERATOR_CLASSES[kind].training_defaults)} {kind}" for kind in self._kinds())
 
 
@@ -58,11 +68,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="your degradation: a .py path or importable module, and a function or class in it")
     sigma = what.add_argument("--noise-sigma-max", type=float, default=None,
                               help="noise std drawn per batch from U(0, this), [0, 1] scale [default: %(per_kind)s]")
-    sigma.per_kind = _PerKind(lambda d: d.noise_sigma_max)
-    what.add_argument("--kind", choices=_PerKind(), metavar="KIND", default="cnn", help="operator kind: %(choices)s")
+    sigma.per_kind = OperatorKinds(lambda d: d.noise_sigma_max)
+    what.add_argument("--operator-kind", choices=OperatorKinds(), metavar="KIND", default="cnn",
+                      help="operator kind: %(choices)s")
     what.add_argument("--operator-config", default="{}", metavar="JSON",
                       help='architecture overrides, e.g. \'{"channels": [16, 32, 64, 128]}\'')
-    what.add_argument("--init-operator", metavar="FOLDER", help="start from this operator's weights (same prior)")
+    what.add_argument("--init-from", metavar="FOLDER",
+                      help="start from this operator folder's weights and architecture (made for the same prior, "
+                           "of the same kind and kernel awareness; --operator-config does not apply)")
     what.add_argument("--kernel-aware", action="store_true",
                       help="blur tasks, kinds that can read a blur kernel: the operator also reads each image's blur "
                            "kernel (pooled to the latent grid); for kernels that change per image, such as motion blur")
@@ -79,11 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--num-workers", type=int, default=2, help="data loading worker processes per training process")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--output", required=True, metavar="DIR", help="the operator folder to write (and its run files)")
+    opt.add_argument("--output-dir", required=True, metavar="DIR", help="the operator folder to write (and its run files)")
     opt.add_argument("--max-steps", type=int, default=20000, help="optimizer steps in total")
     opt.add_argument("--batch-size", type=int, default=16, help="images per process and micro-batch")
     lr = opt.add_argument("--lr", type=float, default=None, help="learning rate [default: %(per_kind)s]")
-    lr.per_kind = _PerKind(lambda d: f"{d.lr:g} ({d.optimizer})")
+    lr.per_kind = OperatorKinds(lambda d: f"{d.lr:g} ({d.optimizer})")
     opt.add_argument("--loss", choices=["l1", "l2"], default="l1")
     opt.add_argument("--clamp-target", action="store_true", help="clamp the target latent E(A(x)+n) to [-4, 4]")
     opt.add_argument("--gradient-accumulation-steps", type=int, default=1)
@@ -97,10 +110,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run_.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     run_.add_argument("--checkpoints-total-limit", type=int, default=3, help="checkpoints kept")
     run_.add_argument("--resume-from-checkpoint", metavar="latest|PATH", default=None,
-                      help="continue from the newest checkpoint in OUTPUT/checkpoints (latest) or a given one")
+                      help="continue from the newest checkpoint in DIR/checkpoints (latest) or a given one")
     run_.add_argument("--report-to", choices=["auto", "tensorboard", "wandb", "none"], default="auto",
                       help="experiment tracker [auto: tensorboard when installed]")
-    run_.add_argument("--cpu", action="store_true", help="train on CPU even where a GPU is available")
+    run_.add_argument("--device", default="auto", metavar="{auto,cpu}",
+                      help="auto (accelerate's choice: a GPU where there is one, each launched process its own) or "
+                           "cpu (train on the CPU even where a GPU is available)")
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -108,6 +123,9 @@ def config_from_args(args: argparse.Namespace):
     from silo.errors import SiloError
     from silo.training.operator import TrainOperatorConfig
 
+    if args.device not in DEVICES:
+        raise SiloError(f"--device must be {' or '.join(DEVICES)}, got {args.device!r} (accelerate places each process "
+                        "on its GPU: choose GPUs with accelerate launch, torchrun or CUDA_VISIBLE_DEVICES)")
     try:
         overrides = json.loads(args.operator_config)
     except json.JSONDecodeError as err:
@@ -115,7 +133,7 @@ def config_from_args(args: argparse.Namespace):
     if not isinstance(overrides, dict):
         raise SiloError("--operator-config must be a JSON object")
     return TrainOperatorConfig(
-        prior=args.prior, output=args.output, kind=args.kind, task=args.task, degradation=args.degradation,
+        prior=args.prior, output=args.output_dir, kind=args.operator_kind, task=args.task, degradation=args.degradation,
         noise_sigma_max=args.noise_sigma_max, data=args.data, dataset=args.dataset, split=args.split,
         image_column=args.image_column, validation_images=args.validation_images, max_steps=args.max_steps,
         batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size, loss=args.loss,
@@ -124,7 +142,8 @@ def config_from_args(args: argparse.Namespace):
         resume_from_checkpoint=args.resume_from_checkpoint, mixed_precision=args.mixed_precision,
         prior_dtype=args.prior_dtype, gradient_accumulation_steps=args.gradient_accumulation_steps,
         report_to=args.report_to, seed=args.seed, num_workers=args.num_workers, operator_config=overrides,
-        init_operator=args.init_operator, kernel_aware=args.kernel_aware, show_progress=not args.no_progress, cpu=args.cpu,
+        init_operator=args.init_from, kernel_aware=args.kernel_aware, show_progress=not args.no_progress,
+        cpu=args.device == "cpu",
     )
 
 
@@ -140,6 +159,6 @@ def run(args: argparse.Namespace) -> int:
     if PartialState().is_main_process:
         loss = card["final_validation_loss"]
         shown = "n/a" if loss is None else f"{loss:.4f}"
-        print(f"operator written to {args.output} ({card['kind']}, {card['steps']} steps, final validation loss {shown}); "
-              f"restore with: silo restore --prior {args.prior} --operator {args.output} ...")
+        print(f"operator written to {args.output_dir} ({card['kind']}, {card['steps']} steps, final validation loss "
+              f"{shown}); restore with: silo restore --prior {args.prior} --operator {args.output_dir} ...")
     return 0

@@ -10,7 +10,7 @@ COMMAND = "train-prior"
 HELP = "train the silo-tiny prior (stage vae, then unet) with checkpoints, resume and export"
 DESCRIPTION = (
     "Train one stage of the silo-tiny latent diffusion prior on a folder written by `silo build-data`. "
-    "Checkpoints go to OUTPUT/checkpoints every --checkpoint-every steps; rerun with "
+    "Checkpoints go to --output-dir's checkpoints/ every --checkpoint-every steps; rerun with "
     "--resume-from-checkpoint latest to continue. --export DIR writes the diffusers-layout prior "
     "(vae/ or unet/ + scheduler/) from the latest checkpoint when the run ends (at --max-steps, --stop-at "
     "or --time-limit). --init-from PRIOR fine-tunes an exported prior; --freeze-encoder (stage vae) trains "
@@ -21,14 +21,17 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=["vae", "unet"], required=True)
     parser.add_argument("--data", required=True, help="folder written by `silo build-data`")
-    parser.add_argument("--output", required=True, help="run folder: checkpoints, log.jsonl, tensorboard/")
+    parser.add_argument("--output-dir", required=True, metavar="DIR",
+                        help="run folder: checkpoints/, config.json, log.jsonl, tensorboard/")
     parser.add_argument("--vae", default=None, help="stage unet: exported VAE folder (PRIOR/vae)")
     parser.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint folder")
-    parser.add_argument("--max-steps", type=int, default=None, help="total steps (also the cosine LR horizon)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help=f"total steps (also the cosine LR horizon) {_per_stage('max_steps')}")
     parser.add_argument("--stop-at", type=int, default=None, help="stop at this step this time (resume later)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    parser.add_argument("--crop", type=int, default=None, help="crop size in pixels (UNet: latents are crop/4)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"crops per step {_per_stage('batch_size')}")
+    parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate {_per_stage('lr')}")
+    parser.add_argument("--crop-size", type=int, default=None,
+                        help=f"training crop side in pixels (the UNet sees latents of a quarter of it) {_per_stage('crop_size')}")
     parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                         help="checkpoint and stop after this much training time (the LR horizon stays --max-steps)")
     parser.add_argument("--init-from", default=None, metavar="PRIOR",
@@ -39,18 +42,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stage vae: reconstruction loss (default l1; mse optimises PSNR, for fine-tuning)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--checkpoint-every", type=int, default=None)
-    parser.add_argument("--eval-every", type=int, default=None)
-    parser.add_argument("--model", default=None, help='JSON overrides of the model config, e.g. \'{"latent_channels": 8}\'')
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help=f"steps between checkpoints {_per_stage('checkpoint_every')}")
+    parser.add_argument("--validation-every", type=int, default=None,
+                        help="steps between held-out evaluations (VAE: PSNR/SSIM; UNet: v-loss) "
+                             f"{_per_stage('validation_every')}")
+    parser.add_argument("--prior-config", default=None, metavar="JSON",
+                        help='overrides of the stage\'s model config (VAE or UNet), e.g. \'{"latent_channels": 8}\' '
+                             "[default: none, the architecture of silo.priors.tiny; a resumed run keeps its own]")
     parser.add_argument("--export", default=None, metavar="DIR", help="write the prior folder when done")
     parser.add_argument("--no-progress", action="store_true")
 
 
-#: per-stage defaults chosen by the probes described in docs/silo-tiny.md
+#: per-stage defaults of the options (by ``dest``) chosen by the probes in docs/results.md ("Training silo-tiny")
 DEFAULTS = {
-    "vae": dict(max_steps=12000, batch_size=8, lr=1e-3, crop=64, checkpoint_every=200, eval_every=200),
-    "unet": dict(max_steps=20000, batch_size=16, lr=4e-4, crop=128, checkpoint_every=200, eval_every=200),
+    "vae": dict(max_steps=12000, batch_size=8, lr=1e-3, crop_size=64, checkpoint_every=200, validation_every=200),
+    "unet": dict(max_steps=20000, batch_size=16, lr=4e-4, crop_size=128, checkpoint_every=200, validation_every=200),
 }
+#: options whose TrainConfig field has another name (the fields are saved in every run and checkpoint)
+CONFIG_FIELD = {"crop_size": "crop", "validation_every": "eval_every"}
+
+
+def _per_stage(dest: str) -> str:
+    return f"[default: {DEFAULTS['vae'][dest]:g} vae, {DEFAULTS['unet'][dest]:g} unet]"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,17 +72,18 @@ def run(args: argparse.Namespace) -> int:
     from silo.training.prior import TrainConfig, resolve_resume, train
 
     overrides = {}
-    if args.model:
+    if args.prior_config:
         try:
-            overrides = json.loads(args.model)
+            overrides = json.loads(args.prior_config)
         except json.JSONDecodeError as err:
-            raise SiloError(f"--model is not valid JSON: {err}") from None
-    opts = dict(DEFAULTS[args.stage])
-    for key in opts:
-        value = getattr(args, key)
-        if value is not None:
-            opts[key] = value
-    previous = resolve_resume(args.output, args.resume_from_checkpoint)
+            raise SiloError(f"--prior-config is not valid JSON: {err}") from None
+        if not isinstance(overrides, dict):
+            raise SiloError("--prior-config must be a JSON object")
+    opts = {}
+    for dest, default in DEFAULTS[args.stage].items():
+        value = getattr(args, dest)
+        opts[CONFIG_FIELD.get(dest, dest)] = default if value is None else value
+    previous = resolve_resume(args.output_dir, args.resume_from_checkpoint)
     init_from = str(Path(args.init_from).resolve()) if args.init_from else None
     freeze = args.freeze_encoder
     if args.loss and args.stage != "vae":
@@ -76,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     loss = args.loss or "l1"
     if previous is not None:  # a resumed run keeps what it was started with
         before = json.loads((previous / "trainer_state.json").read_text())["config"]
-        overrides = overrides if args.model else before.get("model", {})
+        overrides = overrides if args.prior_config else before.get("model", {})
         init_from = before.get("init_from") or init_from
         if args.freeze_encoder and not before.get("freeze_encoder"):
             raise SiloError(f"{previous} was trained without --freeze-encoder: resume it without the flag")
@@ -85,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if args.loss and args.loss != loss:
             raise SiloError(f"{previous} was trained with --loss {loss}: resume it with that loss")
     cfg = TrainConfig(
-        stage=args.stage, data=args.data, output=args.output, vae=args.vae, seed=args.seed,
+        stage=args.stage, data=args.data, output=args.output_dir, vae=args.vae, seed=args.seed,
         threads=args.threads, stop_at=args.stop_at,
         time_limit=args.time_limit, init_from=init_from, freeze_encoder=freeze, loss=loss, model=overrides, progress=not args.no_progress, **opts,
     )

@@ -281,7 +281,7 @@ def load_training_images(data_dir: str | os.PathLike) -> list[np.ndarray]:
 
     root = Path(data_dir)
     if not (root / DATASET_FILE).is_file():
-        raise SiloError(f"{root} is not a silo data folder (no {DATASET_FILE}); run `silo build-data --output {root}`")
+        raise SiloError(f"{root} is not a silo data folder (no {DATASET_FILE}); run `silo build-data --output-dir {root}`")
     dataset = json.loads((root / DATASET_FILE).read_text())
     heldout = set(dataset.get("heldout", [])) | set(heldout_names())
     images = []

@@ -62,7 +62,10 @@ def load_operator(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
-    """Load an operator folder written by ``save_pretrained`` (or a published ``.pt`` file), in eval mode."""
+    """Load an operator folder written by ``save_pretrained`` (or a published ``.pt`` file), in eval mode,
+    with its card (``operator.card``: the task, kind and sampling settings tuned for it; a ``.pt`` has none)."""
+    from silo.cards import OperatorCard
+
     path = Path(path_or_folder)
     if path.is_file() and path.suffix in _PUBLISHED_SUFFIXES:
         from silo.operators.published import load_published_operator
@@ -70,9 +73,11 @@ def load_operator(
         operator = load_published_operator(path)
         if dtype is not None:
             operator = operator.to(dtype)
+        operator.card = OperatorCard.read(path)
     else:
         folder = path.parent if path.name == "config.json" else path
         operator = _load_folder(folder, dtype)  # from_pretrained applies dtype itself
+        operator.card = OperatorCard.read(folder)
     if device is not None:
         operator = operator.to(device)
     return operator.eval()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from silo.degradations.noise import to_model_scale
+from silo.cards import PriorCard
 from silo.errors import SiloError
 
 #: noise levels are mapped to a pseudo-timestep ``(sigma_model / SIGMA_T_RANGE) * 999`` as in the reference
@@ -52,6 +53,7 @@ class Prior:
         self.vae, self.unet, self.scheduler = vae, unet, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.name = name
+        self.card = PriorCard(name=name)  # sampling defaults; from_pretrained reads the folder's silo_prior.json
         self.device = torch.device(device)
         self.dtype = dtype
         for module in (vae, unet, text_encoder):
@@ -110,7 +112,9 @@ class Prior:
 
             text_encoder = load("text_encoder", lambda: CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights))
             tokenizer = load("tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs))
-        return cls(vae, unet, scheduler, text_encoder, tokenizer, name=source, device=device, dtype=dtype)
+        prior = cls(vae, unet, scheduler, text_encoder, tokenizer, name=source, device=device, dtype=dtype)
+        prior.card = PriorCard.read(path if path.is_dir() else None)  # its sampling defaults (a Hub id: none)
+        return prior
 
     @classmethod
     def _from_single_file(cls, path: Path, device, dtype) -> "Prior":

@@ -18,13 +18,10 @@ from silo.errors import SiloError
 
 
 def load_prior(source: str | Path, device: torch.device, dtype: torch.dtype):
-    """A :class:`~silo.priors.prior.Prior` with its card attached (``prior.card``)."""
+    """A :class:`~silo.priors.prior.Prior` (with its card, ``prior.card``)."""
     from silo.priors.prior import Prior
 
-    prior = Prior.from_pretrained(source, device=device, dtype=dtype)
-    if getattr(prior, "card", None) is None:
-        prior.card = PriorCard.read(source)
-    return prior
+    return Prior.from_pretrained(source, device=device, dtype=dtype)
 
 
 def parse_operator_specs(specs: list[str] | str | None) -> list[str]:
@@ -86,6 +83,7 @@ def load_task_operator(source: Path, kind: str | None, prior, task, device: torc
         from silo.operators.published import load_published_operator
 
         operator = load_published_operator(source, kind)
+        operator.card = OperatorCard.read(source)
     else:
         operator = load_operator(source)
     operator.to(device).eval().requires_grad_(False)
@@ -103,8 +101,6 @@ def load_task_operator(source: Path, kind: str | None, prior, task, device: torc
         raise SiloError(f"operator {source} takes an inpainting mask but the task is {task.name}")
     if getattr(operator, "needs_blur_kernel", False) and not deg.uses_kernel:
         raise SiloError(f"operator {source} is kernel-aware (reads a blur kernel) but the task {task.name} has none")
-    if getattr(operator, "card", None) is None:
-        operator.card = OperatorCard.read(source)
     operator.source = str(source)
     return operator
 
@@ -136,7 +132,7 @@ class Models:
 
     @property
     def prior_card(self) -> PriorCard:
-        return getattr(self.prior, "card", None) or PriorCard()
+        return self.prior.card
 
     def operator_path(self, task, method: str | None) -> Path | None:
         """Where the operator of ``task`` for ``method`` comes from, or None if there is none."""

@@ -5,12 +5,11 @@ what it needs. A registered spec is called ``spec(prior, problem, settings, oper
 
 from silo.samplers.context import SamplingContext, encode_measurement
 from silo.samplers.latent_dps import latent_dps
-from silo.samplers.problem import Problem, image_seed
+from silo.samplers.problem import Problem, SamplerSettings, image_seed
 from silo.samplers.psld import psld
 from silo.samplers.registry import NAIVE, SAMPLERS, SamplerSpec, method_names, refusal, register_sampler
 from silo.samplers.silo import silo
 from silo.samplers.silo_x0 import silo_x0
-from silo.settings import SamplerSettings
 
 register_sampler("silo", silo, "SILO", needs_operator=True, operator_inputs=frozenset({"z0", "features"}),
                  paired_reference="unet_forward_backward")

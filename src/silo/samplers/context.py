@@ -3,7 +3,6 @@ encoded measurement and named random streams. A sampler receives it and adds onl
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -13,8 +12,7 @@ from torch import Tensor
 
 from silo.errors import SiloError
 from silo.priors.prior import Prior, PromptEmbeddings
-from silo.samplers.problem import Problem
-from silo.settings import SamplerSettings
+from silo.samplers.problem import Problem, SamplerSettings
 
 #: short names; any other variance-preserving diffusers scheduler class works by its class name
 #: (``DPMSolverMultistepScheduler``, ``UniPCMultistepScheduler``, ``PNDMScheduler``, ...)
@@ -63,12 +61,6 @@ def sampling_timesteps(scheduler, settings: SamplerSettings) -> Tensor:
         raise SiloError(f"start_strength must be in (0, 1], got {settings.start_strength}")
     keep = min(settings.steps_run, len(scheduler.timesteps))
     return scheduler.timesteps[len(scheduler.timesteps) - keep :]
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """A seed for one named random stream of one image: independent streams, reproducible across runs."""
-    digest = hashlib.blake2b(f"{int(seed)}/{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % (2**63)
 
 
 def encode_measurement(prior: Prior, problem: Problem, clamp: bool) -> Tensor:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,14 +53,58 @@ class Problem:
 
     def generators(self, stream: str, device: str | torch.device = "cpu") -> list[torch.Generator]:
         """Independent per-image generators for one named random stream ("init", "encode", "step", ...)."""
-        from silo.samplers.context import stream_seed
-
         return generators_for([stream_seed(s, stream) for s in self.seeds], device)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed for one named random stream of one image: independent streams, reproducible across runs."""
+    digest = hashlib.blake2b(f"{int(seed)}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**63)
 
 
 def image_seed(seed: int, image_key: str) -> int:
     """The seed of one image's random streams: the run's seed and the image's identity together."""
-    import hashlib
-
     digest = hashlib.blake2b(f"{int(seed)}:{image_key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**63)
+
+
+@dataclass
+class SamplerSettings:
+    """Settings shared by every method; method-specific step sizes are the samplers' keyword arguments."""
+
+    steps: int = 999
+    scheduler: str = "ddpm"  # a name of silo.samplers.context.SCHEDULERS or a diffusers scheduler class
+    eta: float = 0.5  # SILO's guidance step size ("scale" in the reference)
+    grad_clamp: float | None = 1.0  # clamp of the guidance gradient, elementwise; None disables
+    clamp_measurement: bool = False  # clamp E(y) to [-4, 4]
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
+    cfg_fix: bool = False  # with CFG, the operator sees z0_hat of the text-conditional prediction only
+    prompt: str = ""
+    negative_prompt: str = ""
+    # fraction of the noise schedule run: 1 starts from pure noise (the paper); below 1 the sampler starts
+    # from the encoded measurement noised to that level and runs only the last part of the schedule
+    start_strength: float = 1.0
+    ddim_eta: float = 0.0  # stochasticity of DDIM steps (not the guidance step size)
+    # image side (px) at which ``eta`` was tuned. The guidance differentiates a norm, so each latent's share
+    # of the step shrinks as 1 / side (1 / sqrt(pixels)); with a reference the step is scaled by
+    # sqrt(H * W) / size, so an eta tuned on 64 px crops means the same per latent at 256 px. None: eta as
+    # given (the paper)
+    eta_reference_size: int | None = None
+    deterministic: bool = False  # deterministic kernels (slower on GPU)
+    prompt_embeds: Any = None  # PromptEmbeddings: bypass the text encoder
+
+    @property
+    def steps_run(self) -> int:
+        """Denoising steps a sampler runs: ``steps``, or its last ``start_strength`` fraction (at least one)."""
+        return max(1, round(self.start_strength * self.steps))
+
+    def guidance_eta(self, height: int, width: int) -> float:
+        """SILO's step size for ``height x width`` images (see ``eta_reference_size``)."""
+        if self.eta_reference_size is None:
+            return self.eta
+        return self.eta * math.sqrt(height * width) / self.eta_reference_size
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("prompt_embeds")
+        return data

@@ -25,15 +25,14 @@ from torch import Tensor
 from silo.degradations.base import Degradation
 from silo.degradations.noise import to_model_scale
 from silo.errors import SiloError
+from silo.operators import OPERATOR_CLASSES, OperatorInputs, trainable_kinds
 from silo.training import data as tdata
 
-#: the reference's U(0, 0.04) (CNN) and U(0, 0.1) (readout) on [-1, 1], on silo's [0, 1] scale
-SIGMA_MAX = {"cnn": 0.02, "readout": 0.05}
-LR = {"cnn": 1e-4, "readout": 2e-4}
 STATE_FILE = "silo_train_state.json"
 CARD_FILE = "model_card.json"
 #: identity keys added after checkpoints were first written, with the value an older checkpoint implies
 ADDED_LATER = {"kernel_aware": False}
+#: operator config keys added later, with the value an older checkpoint implies (for kinds that have the key)
 ADDED_LATER_OPERATOR = {"blur_kernel_scale": 0}
 #: settings that may change between a checkpoint and its resumption (all others must match)
 RESUMABLE = {"max_steps", "validation_every", "checkpoint_every", "checkpoints_total_limit", "resume_from_checkpoint",
@@ -42,12 +41,17 @@ RESUMABLE = {"max_steps", "validation_every", "checkpoint_every", "checkpoints_t
 
 @dataclass
 class TrainOperatorConfig:
+    """A run's settings. Each field is the ``silo train-operator`` option of that name, except ``output``
+    (``--output-dir``), ``kind`` (``--operator-kind``), ``init_operator`` (``--init-from``), ``cpu``
+    (``--device cpu``) and ``show_progress`` (``--no-progress``). Checkpoints store the settings by these
+    names and a resumed run compares them by name: keep the names."""
+
     prior: str
     output: str
-    kind: str = "cnn"
+    kind: str = "cnn"  # a trainable kind of silo.operators.OPERATOR_CLASSES
     task: str | None = None
     degradation: str | None = None  # module:callable
-    noise_sigma_max: float | None = None  # [0, 1] scale; default per kind
+    noise_sigma_max: float | None = None  # [0, 1] scale; default: the kind's training_defaults
     data: str | None = None
     dataset: str | None = None
     split: str = "train"
@@ -71,18 +75,20 @@ class TrainOperatorConfig:
     num_workers: int = 0
     operator_config: dict[str, Any] = field(default_factory=dict)
     init_operator: str | None = None
-    kernel_aware: bool = False  # CNN only: the operator also reads the per-image blur kernel
+    kernel_aware: bool = False  # the operator also reads each image's blur kernel (kinds that can read one)
     show_progress: bool = True
     cpu: bool = False  # force CPU even where a GPU is available
 
     def check(self) -> None:
-        """Cheap checks, before anything is loaded."""
-        if self.kind not in SIGMA_MAX:
-            raise SiloError(f"--kind must be cnn or readout, got {self.kind!r}")
+        """Cheap checks, before the prior, the data or any weights are loaded."""
+        if self.kind not in trainable_kinds():
+            raise SiloError(f"--operator-kind must be one of {', '.join(trainable_kinds())}, got {self.kind!r}")
         if (self.task is None) == (self.degradation is None):
             raise SiloError("give exactly one of --task NAME_OR_YAML or --degradation module:callable")
-        if self.kernel_aware and self.kind != "cnn":
-            raise SiloError("--kernel-aware is for CNN operators (--kind cnn)")
+        if self.kernel_aware and "kernel" not in OPERATOR_CLASSES[self.kind].can_read:
+            readers = [k for k in trainable_kinds() if "kernel" in OPERATOR_CLASSES[k].can_read]
+            raise SiloError(f"--kernel-aware is for operator kinds that read a blur kernel "
+                            f"(--operator-kind {' or '.join(readers)}), not {self.kind}")
         if self.loss not in ("l1", "l2"):
             raise SiloError(f"--loss must be l1 or l2, got {self.loss!r}")
         for name in ("max_steps", "batch_size", "crop_size", "validation_every", "checkpoint_every",
@@ -100,26 +106,31 @@ class TrainOperatorConfig:
 # -- the objective ---------------------------------------------------------------------------------
 @dataclass
 class Sample:
-    """One batch ready for ``H``: its input (latent or UNet features), noise embedding, target, mask."""
+    """One batch ready for ``H``: the clean latent ``E(x)``, UNet features (for kinds that read them), the
+    target, the mask (for operators with a mask channel), the blur kernel(s) and the noise level."""
 
-    inputs: Tensor | list[Tensor]
-    sigma_emb: Tensor
+    z: Tensor
+    features: list[Tensor] | None
     target: Tensor
     mask: Tensor | None
-    size: tuple[int, int]
     sigma: float
     measurement: Tensor  # A(x) + n brought to image size, for the validation grid
-    kernel: Tensor | None = None  # the blur kernel(s), for kernel-aware operators
+    kernel: Tensor | None = None  # the blur kernel(s); only kernel-aware operators read them
+
+    def operator_inputs(self) -> OperatorInputs:
+        """The batch as the one operator input structure; each kind reads what it needs of it."""
+        return OperatorInputs(z0=self.z, features=self.features, noise_sigma=self.sigma, mask=self.mask,
+                              kernel=self.kernel, latent_size=tuple(self.z.shape[-2:]))
 
 
 class Objective:
-    """Builds ``(H's input, E(A(x) + n))`` for a batch from per-image seeded draws, and the loss."""
+    """Builds ``(H's inputs, E(A(x) + n))`` for a batch from per-image seeded draws, and the loss."""
 
     def __init__(self, prior, degradation: Degradation, kind: str, sigma_max: float, loss: str = "l1",
-                 clamp_target: bool = False, mask_channel: bool = False, kernel_aware: bool = False) -> None:
+                 clamp_target: bool = False, mask_channel: bool = False) -> None:
         self.prior, self.deg, self.kind = prior, degradation, kind
         self.sigma_max, self.loss_kind, self.clamp, self.mask_channel = sigma_max, loss, clamp_target, mask_channel
-        self.kernel_aware = kernel_aware  # pass each batch's blur kernel to the operator
+        self.draw_features = "features" in OPERATOR_CLASSES[kind].can_read  # a UNet pass per batch: only if read
         self._context: dict[int, Tensor | None] = {}
 
     def context(self, batch: int) -> Tensor | None:
@@ -151,12 +162,9 @@ class Objective:
         if self.clamp:
             target = target.clamp(-4, 4)
         z = prior.encode(x, gens(seeds[2])).float()
-        sigma_emb = prior.sigma_embedding(sigma, b).float()
         mask = deg.mask(params) if self.mask_channel else None
-        inputs: Tensor | list[Tensor] = z
-        if self.kind == "readout":
-            inputs = self._features(z, rng)
-        return Sample(inputs, sigma_emb, target, mask, tuple(z.shape[-2:]), sigma, y_full, deg.blur_kernel(params))
+        features = self._features(z, rng) if self.draw_features else None
+        return Sample(z, features, target, mask, sigma, y_full, deg.blur_kernel(params))
 
     def _features(self, z: Tensor, rng: np.random.Generator) -> list[Tensor]:
         """``E(x)`` noised to a uniform timestep in [1, T-1]; the UNet's up-block ResNet outputs."""
@@ -172,11 +180,11 @@ class Objective:
             return [f.float() for f in hooks.features]
 
     def predict(self, model: torch.nn.Module, s: Sample) -> Tensor:
-        if self.kind == "readout":
-            return model(s.inputs, s.sigma_emb, mask=s.mask, size=s.size)
-        if self.kernel_aware:
-            return model(s.inputs, s.sigma_emb, kernel=s.kernel)
-        return model(s.inputs, s.sigma_emb)
+        """``H``'s output through the operator's ``apply``, as sampling calls it. The prior itself gives the
+        noise-level embedding; ``model`` may be accelerate's (DDP) wrapper, which then runs ``forward``."""
+        from accelerate.utils import extract_model_from_parallel
+
+        return extract_model_from_parallel(model).apply(s.operator_inputs(), self.prior, call=model)
 
     def loss(self, pred: Tensor, target: Tensor, per_image: bool = False) -> Tensor:
         err = (pred.float() - target).abs() if self.loss_kind == "l1" else (pred.float() - target) ** 2
@@ -190,46 +198,48 @@ FIXED_BY_PRIOR = {"latent_channels", "embedding_dim", "feature_channels", "mask_
 
 def build_operator(kind: str, prior, crop: int, mask_channel: bool, overrides: dict[str, Any],
                    init: str | None = None, kernel_aware: bool = False) -> torch.nn.Module:
-    """A fresh operator sized for this prior (or ``init``'s weights, refused if made for another prior or,
-    for ``kernel_aware``, another kernel awareness)."""
-    from silo.operators import CNNOperator, ReadoutOperator, check_compatible, load_operator
+    """A fresh operator of registered ``kind`` sized for this prior (or ``init``'s weights, refused if made for
+    another prior or another kernel awareness or mask channel)."""
+    from silo.operators import check_compatible, load_operator
     from silo.operators.features import feature_channels
 
-    features = feature_channels(prior.unet) if kind == "readout" else None
+    if kind not in OPERATOR_CLASSES:
+        raise SiloError(f"unknown operator kind {kind!r} (known: {', '.join(OPERATOR_CLASSES)})")
+    cls = OPERATOR_CLASSES[kind]
     if init is not None:
         op = load_operator(init)
         if getattr(op, "kind", None) != kind:
-            raise SiloError(f"--init-operator {init} is a {getattr(op, 'kind', type(op).__name__)} operator, not {kind}")
+            raise SiloError(f"--init-from {init} is a {getattr(op, 'kind', type(op).__name__)} operator, not {kind}")
+        features = feature_channels(prior.unet) if "features" in op.reads else None
         check_compatible(op, prior.latent_channels, prior.embedding_dim, features, prior.vae_scale)
-        if bool(getattr(op, "needs_blur_kernel", False)) != kernel_aware:
-            raise SiloError(f"--init-operator {init}: kernel-aware {getattr(op, 'needs_blur_kernel', False)}, "
+        if ("kernel" in op.reads) != kernel_aware:
+            raise SiloError(f"--init-from {init}: kernel-aware {'kernel' in op.reads}, "
                             f"this run {'is' if kernel_aware else 'is not'} (--kernel-aware)")
-        if kind == "readout" and bool(op.config.mask_channel) != mask_channel:
-            raise SiloError(f"--init-operator {init}: mask channel {op.config.mask_channel}, this task needs {mask_channel}")
+        if "mask" in cls.can_read and ("mask" in op.reads) != mask_channel:
+            raise SiloError(f"--init-from {init}: mask channel {'mask' in op.reads}, "
+                            f"this task needs {mask_channel}")
         return op.train().requires_grad_(True)
-    cls = CNNOperator if kind == "cnn" else ReadoutOperator
-    allowed = set(_init_keys(cls))
+    allowed = set(cls.init_keys())
     bad = set(overrides) - (allowed - FIXED_BY_PRIOR)
     if bad:
         hint = " (blur_kernel_scale: use --kernel-aware)" if "blur_kernel_scale" in bad else ""
         raise SiloError(f"--operator-config: unknown or prior-fixed keys {sorted(bad)} for a {kind} operator "
                         f"(allowed: {', '.join(sorted(allowed - FIXED_BY_PRIOR))}){hint}")
-    base = dict(latent_channels=prior.latent_channels, embedding_dim=prior.embedding_dim,
-                norm_size=max(1, crop // prior.vae_scale))
-    if kind == "readout":
-        base.update(feature_channels=features, mask_channel=mask_channel)
-    if kernel_aware:
-        base.update(blur_kernel_scale=prior.vae_scale)
+    mask = mask_channel and "mask" in cls.can_read  # a task with per-image masks: kinds that can read one do
     try:
-        return cls(**{**base, **overrides}).train()
+        return cls.for_prior(prior, norm_size=max(1, crop // prior.vae_scale), mask=mask, kernel=kernel_aware,
+                             **overrides).train()
     except (TypeError, ValueError, RuntimeError) as err:
         raise SiloError(f"--operator-config {json.dumps(overrides)}: cannot build a {kind} operator: {err}") from None
 
 
-def _init_keys(cls) -> list[str]:
-    import inspect
+def freeze_parameters(model: torch.nn.Module, patterns: tuple[str, ...]) -> None:
+    """Leave the parameters whose names match an ``fnmatch`` pattern out of training."""
+    from fnmatch import fnmatchcase
 
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for name, param in model.named_parameters():
+        if any(fnmatchcase(name, pattern) for pattern in patterns):
+            param.requires_grad_(False)
 
 
 def operator_config(model: torch.nn.Module) -> dict[str, Any]:
@@ -291,7 +301,7 @@ class OperatorTrainer:
     def setup(self) -> "OperatorTrainer":
         cfg = self.cfg
         if self.out.exists() and not self.out.is_dir():
-            raise SiloError(f"--output {self.out} exists and is not a folder")
+            raise SiloError(f"--output-dir {self.out} exists and is not a folder")
         self.resume_from = self._checkpoint_to_resume()
         self.accelerator = acc = self._accelerator()
         from silo.priors.prior import Prior
@@ -307,26 +317,22 @@ class OperatorTrainer:
         if cfg.crop_size % m:
             raise SiloError(f"--crop-size {cfg.crop_size} must be a multiple of {m} px for this prior")
         self.degradation.check_size(cfg.crop_size, cfg.crop_size)
-        from silo.degradations.inpainting import Inpainting
-
-        mask_channel = cfg.kind == "readout" and isinstance(self.degradation, Inpainting) and self.degradation.box == "random"
-        self.sigma_max = SIGMA_MAX[cfg.kind] if cfg.noise_sigma_max is None else float(cfg.noise_sigma_max)
-        if cfg.kernel_aware and not self.degradation.has_blur_kernel:
+        mask_channel = cfg.kind == "readout" and self.degradation.uses_mask and self.degradation.random_params
+        defaults = OPERATOR_CLASSES[cfg.kind].training_defaults
+        self.sigma_max = defaults.noise_sigma_max if cfg.noise_sigma_max is None else float(cfg.noise_sigma_max)
+        if cfg.kernel_aware and not self.degradation.uses_kernel:
             what = f"task {self.task.name}" if self.task is not None else f"degradation {cfg.degradation}"
             raise SiloError(f"--kernel-aware needs a blur task; the {what} has no blur kernel")
         self.objective = Objective(self.prior, self.degradation, cfg.kind, self.sigma_max, cfg.loss, cfg.clamp_target,
-                                   mask_channel, cfg.kernel_aware)
+                                   mask_channel)
         from accelerate.utils import set_seed
 
         set_seed(cfg.seed)  # the operator's initial weights
         model = build_operator(cfg.kind, self.prior, cfg.crop_size, mask_channel, cfg.operator_config, cfg.init_operator,
                                cfg.kernel_aware)
-        if cfg.kind == "readout":  # the timestep embedding is unused by SILO (and would stall DDP)
-            for block in model.bottleneck_layers:
-                block.emb_layers.requires_grad_(False)
-        self.lr = LR[cfg.kind] if cfg.lr is None else cfg.lr
-        opt_cls = torch.optim.Adam if cfg.kind == "cnn" else torch.optim.AdamW
-        optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+        freeze_parameters(model, defaults.frozen_parameters)  # parts SILO leaves unused (they would stall DDP)
+        self.lr = defaults.lr if cfg.lr is None else cfg.lr
+        optimizer = defaults.optimizer_class()([p for p in model.parameters() if p.requires_grad], lr=self.lr)
         self.identity = self._identity(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         return self
@@ -336,8 +342,8 @@ class OperatorTrainer:
         existing = list_checkpoints(root)
         if want is None:
             if existing:
-                raise SiloError(f"--output {self.out} already holds checkpoints (last {existing[-1].name}); pass "
-                                f"--resume-from-checkpoint latest to continue, or choose a new --output")
+                raise SiloError(f"--output-dir {self.out} already holds checkpoints (last {existing[-1].name}); pass "
+                                f"--resume-from-checkpoint latest to continue, or choose a new --output-dir")
             return None
         if want == "latest":
             return existing[-1] if existing else None
@@ -377,7 +383,7 @@ class OperatorTrainer:
     def _degradation(self):
         cfg = self.cfg
         if cfg.degradation is not None:
-            from silo.training.user_degradation import load_user_degradation
+            from silo.degradations.user import load_user_degradation
 
             deg = load_user_degradation(cfg.degradation, 0.0, cfg.crop_size, self.accelerator.device)
             return None, deg
@@ -407,12 +413,13 @@ class OperatorTrainer:
             return self
         state = json.loads((path / STATE_FILE).read_text())
         old = {**ADDED_LATER, **state.get("config", {})}
-        if old.get("kind") == "cnn" and isinstance(old.get("operator"), dict):
-            old["operator"] = {**ADDED_LATER_OPERATOR, **old["operator"]}
+        if old.get("kind") in OPERATOR_CLASSES and isinstance(old.get("operator"), dict):
+            keys = set(OPERATOR_CLASSES[old["kind"]].init_keys())
+            old["operator"] = {**{k: v for k, v in ADDED_LATER_OPERATOR.items() if k in keys}, **old["operator"]}
         for key in sorted(set(old) | set(self.identity)):
             if old.get(key) != self.identity.get(key):
                 raise SiloError(f"checkpoint {path} is from another configuration: {key} was {old.get(key)!r}, "
-                                f"now {self.identity.get(key)!r}; resume with the same settings or use a new --output")
+                                f"now {self.identity.get(key)!r}; resume with the same settings or use a new --output-dir")
         try:
             self.accelerator.load_state(str(path))
         except (RuntimeError, KeyError, FileNotFoundError) as err:

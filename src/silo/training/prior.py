@@ -1,7 +1,7 @@
 """Train the silo-tiny prior: stage ``vae`` (f4 autoencoder on pixel crops), then stage ``unet``
 (v-prediction denoiser on latents of the frozen VAE).
 
-Built for runs that last many CPU hours across sessions: accelerate (same code on CPU or GPU), EMA
+Built for runs that last many CPU hours, interrupted and resumed: accelerate (same code on CPU or GPU), EMA
 weights, warm-up + cosine LR, atomic checkpoints that resume model, EMA, optimizer, LR schedule,
 step and every RNG, held-out evaluation logged to JSONL and TensorBoard, and an export to the
 diffusers folder layout (``vae/``, ``unet/``, ``scheduler/``, ``silo_prior.json``).
@@ -34,6 +34,11 @@ EMA_FILE = "ema.pt"
 
 @dataclass
 class TrainConfig:
+    """A run's settings. A field the command line sets is the ``silo train-prior`` option of that name, except
+    ``output`` (``--output-dir``), ``crop`` (``--crop-size``), ``eval_every`` (``--validation-every``), ``model``
+    (``--prior-config``) and ``progress`` (``--no-progress``). Runs save them by these names (config.json and
+    every checkpoint) and resume and export read them back by name: keep the names."""
+
     stage: str
     data: str
     output: str
