@@ -55,7 +55,8 @@ def restore(
     clean references (degraded here, then restored and measured); else they are measurements. ``settings``
     are sampling settings (``steps``, ``eta``, ``start_strength``, ``scheduler``, ...): what is not given is
     resolved from the preset, the operator's card, the prior's card and the task (:func:`silo.settings.resolve`).
-    With ``output_dir`` the results are also written (and a rerun skips them).
+    With ``output_dir`` the results are also written, and a rerun skips them: a finished result's ``image`` is
+    then read back from its 8-bit PNG.
     """
     from silo.runs.items import Inputs, tensor_items
     from silo.runs.restore import RestoreConfig, restore_inputs

@@ -15,8 +15,6 @@ from typing import Any
 
 #: the columns that identify one row of an aggregate table
 GROUP_BY = ("task", "method", "prior", "steps", "scheduler", "settings_key")
-#: methods guided by a latent operator (the others use the pixel-space degradation)
-OPERATOR_METHODS = ("silo", "silo_x0")
 
 
 @dataclass
@@ -59,7 +57,7 @@ def group_value(log: dict[str, Any], key: str) -> Any:
         if log.get("method_label"):
             return log["method_label"]
         method = log.get("method", "?")
-        kind = (log.get("operator") or {}).get("kind") if method in OPERATOR_METHODS else None
+        kind = (log.get("operator") or {}).get("kind")  # logs of methods without an operator have none
         return method_label(method, kind, {})
     if key == "settings_key":  # logs written before result identities group by the other columns alone
         return ((log.get("identity") or {}).get("config_key") or "")[:8] or None
