@@ -118,3 +118,62 @@ def test_nothing_outside_the_cli_imports_it():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.relative_to(SRC)}: {n}" for n in names if n == "silo.cli" or n.startswith("silo.cli.")]
     assert not [o for o in offenders if not o.startswith("__main__.py")], offenders
+
+
+def test_every_method_starts_where_silo_starts_on_the_shipped_prior():
+    """sr4's default operator is a readout, which x0-space SILO cannot feed (it takes the CNN operator); its
+    warm start and steps are still the ones SILO uses on the task."""
+    from silo.degradations.tasks import load_task
+    from silo.runs.models import Models
+    from silo.runs.restore import build_setup
+
+    models = Models.load(None, torch.device("cpu"), torch.float32)
+    task = load_task("sr4")
+    setups = {m: build_setup(models, task, m, {}, {}) for m in ("silo", "silo_x0", "ldps")}
+    assert setups["silo"].kind == "readout" and setups["silo_x0"].kind == "cnn"
+    starts = {m: (s.resolved.settings.start_strength, s.resolved.settings.steps, s.resolved.sources["start_strength"])
+              for m, s in setups.items()}
+    assert len(set(starts.values())) == 1, starts
+
+
+def test_results_come_back_in_input_order_and_a_failing_batch_costs_only_its_bad_image(files, tmp_path, monkeypatch,
+                                                                                      capsys):
+    import silo.pipeline
+
+    x = torch.cat([random_images(1, (32, 32), seed=s) for s in (1, 2, 3)])
+    x[1] = 0.5  # the image the failure is tied to
+    real = silo.pipeline.restore
+
+    def flaky(*args, **kwargs):
+        images = kwargs["reference"]
+        if any(bool((im == 0.5).all()) for im in images):
+            raise RuntimeError("boom")  # not a SiloError: it must still cost only this image
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(silo.pipeline, "restore", flaky)
+    args = dict(task="sr4", method="naive", simulate=True, prior=files / "prior", show_progress=False, batch_size=3)
+    with pytest.raises(silo.SiloError, match="RuntimeError: boom"):
+        silo.restore(x, output_dir=tmp_path, **args)
+    assert len(list(tmp_path.glob("*.json"))) == 2  # the other two were retried one by one and written
+    monkeypatch.setattr(silo.pipeline, "restore", real)
+    results = silo.restore(x, output_dir=tmp_path, **args)  # two read back, one new
+    assert [r.log["name"] for r in results] == ["image-000", "image-001", "image-002"]
+
+
+def test_a_scheduler_or_step_count_the_prior_cannot_take_is_one_error_before_work(files, tmp_path, capsys):
+    base = ["restore", str(files / "photo.png"), "--simulate", "--prior", str(files / "prior"), "--operator",
+            str(files / "op"), "--output-dir", str(tmp_path), "--no-progress"]
+    for extra, words in ((["--scheduler", "nope"], "unknown scheduler"), (["--steps", "5000"], "steps must be in 1..1000")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob("*"))
+
+
+def test_restore_param_draws_skip_degradations_without_random_parameters(files, tmp_path):
+    args = ["restore", str(files / "photo.png"), "--simulate", "--prior", str(files / "prior"), "--method", "naive",
+            "--param-draws", "3", "--no-progress", "--no-lpips"]
+    assert main([*args, "--task", "sr4", "--output-dir", str(tmp_path / "fixed")]) == 0
+    assert len(list((tmp_path / "fixed").glob("*.json"))) == 1  # sr4 draws nothing at random: one result
+    assert main([*args, "--task", "motion_blur", "--output-dir", str(tmp_path / "random")]) == 0
+    assert len(list((tmp_path / "random").glob("*.json"))) == 3  # three kernels

@@ -103,8 +103,8 @@ def resolve(
     req = "request"
 
     options_requested = dict(request.pop("method_options", {}) or {})
-    if method == "silo" and "eta" in options_requested:  # SILO's step size is a setting: one name for it
-        request.setdefault("eta", options_requested.pop("eta"))
+    if method == "silo" and "eta" in options_requested:  # SILO's step size is a setting: one name for it;
+        request["eta"] = options_requested.pop("eta")  # a method option (a point of a sweep) beats --eta
     defaults = sampler_options(method)
     bad = set(options_requested) - set(defaults)
     if bad:

@@ -60,10 +60,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGrou
     smp.add_argument("--steps", type=int, help="diffusion steps [default: the preset's, else the prior card's, else 999]")
     smp.add_argument("--scheduler",
                      help="ddpm, ddim, or any variance-preserving diffusers scheduler class (e.g. "
-                          "DPMSolverMultistepScheduler) [default: the prior card's default_scheduler, else ddpm]")
+                          "DPMSolverMultistepScheduler) [default: ddpm with a preset, else the prior card's default_scheduler, else ddpm]")
     smp.add_argument("--start-strength", type=float,
                      help="fraction of the noise schedule to run, in (0, 1]: below 1, start from the encoded measurement "
-                          "noised to that level (a warm start) [default: the operator card's recommended_start_strength, "
+                          "noised to that level (a warm start) [default: 1 with a preset, else the card of the operator SILO uses on "
+                          "the task: recommended_start_strength, "
                           "else the prior card's default_start_strength, else the task's, else 1]")
     smp.add_argument("--eta", type=float, help="SILO's guidance step size [default: the preset's, else the operator "
                      "card's recommended_eta scaled to the image side, else the task's, else 0.5]")

@@ -43,15 +43,23 @@ def config_identity(setup, options) -> dict[str, Any]:
     """Everything about a run that changes pixels, except the input and the seed."""
     task = setup.task.to_dict()
     task = {k: v for k, v in task.items() if k not in ("description", "source")}  # words and paths: no pixels
-    settings = setup.resolved.settings.to_dict()
+    # the naive estimate samples nothing: no sampling setting changes its pixels
+    settings = {} if setup.method == "naive" else setup.resolved.settings.to_dict()
+    prior = setup.prior
+    operator = setup.operator
     return {
         "mode": "simulate" if options.simulate else "measurement",
         "task": task,
         "method": setup.method,
         "method_options": dict(sorted(setup.resolved.method_options.items())),
         "settings": settings,
-        "prior": prior_fingerprint(setup.prior),
-        "operator": fingerprint(setup.operator),
+        "prior": prior_fingerprint(prior),
+        # configs that change pixels besides the weights: the noise schedule, the VAE's latent scaling
+        "prior_config": {"scheduler": {k: v for k, v in dict(prior.scheduler.config).items() if not k.startswith("_")},
+                         "scaling_factor": prior.scaling_factor, "shift_factor": prior.shift_factor},
+        "operator": fingerprint(operator),
+        "operator_config": None if operator is None else {
+            k: v for k, v in dict(operator.config).items() if not k.startswith("_")},
         "dtype": options.dtype,
         "device_type": setup.prior.device.type,
         "pad": bool(options.pad),

@@ -1,8 +1,8 @@
 """The models of a run: the prior (loaded once) and, per task and method, the latent operator and its card.
 
-The operator card that sets a task's step size and warm start is the card of the operator the method uses;
-for methods without an operator it is the card of the operator the task would use, so that every method
-starts where SILO starts.
+The operator card that sets a task's step size and warm start is, for every method, the card of the operator
+SILO uses on the task (as ``--operator`` / ``--operator-kind`` choose it), so that every method starts where
+SILO starts.
 """
 
 from __future__ import annotations
@@ -161,12 +161,14 @@ class Models:
         return self._operators[key]
 
     def operator_card(self, task, method: str) -> OperatorCard:
-        """The card that sets ``task``'s sampling defaults for ``method`` (see the module's docstring)."""
-        op = self.operator(task, method)
-        if op is not None:
-            return op.card
+        """The card that sets ``task``'s sampling defaults, for every method alike: that of the operator SILO
+        uses on the task (as ``--operator`` / ``--operator-kind`` choose it), so that every method starts
+        where SILO starts. ``method`` is accepted for symmetry with :meth:`operator`; it does not change it."""
         try:
             path = self.operator_path(task, "silo")
         except SiloError:  # a preset's operator file not unpacked: a method without an operator runs anyway
             return OperatorCard()
-        return OperatorCard.read(path) if path is not None else OperatorCard()
+        if path is None:
+            return OperatorCard()
+        loaded = self._operators.get((task.name, str(path)))
+        return loaded.card if loaded is not None else OperatorCard.read(path)

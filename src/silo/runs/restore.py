@@ -78,6 +78,13 @@ def build_setup(models: Models, task, method: str, request: dict[str, Any], meth
         raise SiloError(why)
     resolved = resolve(task, {**request, "method_options": method_options}, method=method, preset=preset,
                        prior_card=models.prior_card, operator_card=models.operator_card(task, method))
+    if method != "naive":  # a scheduler or step count the prior cannot take: one error before any work
+        from silo.samplers.context import scheduler_class
+
+        scheduler_class(resolved.settings.scheduler)
+        train_steps = int(models.prior.scheduler.config.num_train_timesteps)
+        if not 1 <= resolved.settings.steps <= train_steps:
+            raise SiloError(f"steps must be in 1..{train_steps} for this prior, got {resolved.settings.steps}")
     return Setup(models.prior, models.prior_source, task, method, resolved, operator,
                  preset.name if preset is not None else None)
 
@@ -111,9 +118,13 @@ def restore_inputs(config: RestoreConfig, items: list | None = None) -> Report:
     if simulate and (config.mask or config.kernel):
         raise SiloError("--mask and --kernel describe a real measurement; with --simulate the task draws its own")
     items = collect(config.inputs) if items is None else items
+    if config.inputs.param_draws > 1 and not (simulate and task.degradation.random_params):
+        items = [i for i in items if not i.param_draw]  # another draw would repeat the same result
     out_dir = check_output_dir(config.output_dir)
     device = resolve_device(config.device)
-    if preset is not None and not config.operator and config.method != "naive":
+    from silo.samplers.registry import uses_operator
+
+    if preset is not None and not config.operator and uses_operator(config.method):
         preset.operator_path(config.weights_dir)  # a missing published file, said before loading the prior
     models = Models.load(config.prior, device, resolve_dtype(config.dtype), config.operator, config.operator_kind,
                          preset, config.weights_dir)

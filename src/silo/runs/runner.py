@@ -105,6 +105,7 @@ class Job:
     crop: tuple[int, int]
     identity: Identity
     paths: dict[str, Path]
+    order: int = 0  # position among the requests: results come back in this order
 
 
 @dataclass
@@ -193,23 +194,30 @@ def plan(requests: list[Request], options: RunOptions, report: Report) -> list[J
     """Load and check every input first; skip finished results; a bad input costs only itself."""
     jobs: list[Job] = []
     loaded: dict[int, Tensor] = {}
-    for request in requests:
+    planned: set[Path] = set()
+    for order, request in enumerate(requests):
         item = request.item
         try:
             key = id(item.load)
             if key not in loaded:
                 loaded[key] = load_item(item)
             job = prepare(request, loaded[key], options)
-        except SiloError as err:
-            report.failures.append(str(err) if item.source in str(err) else f"{item.source}: {err}")
+        except Exception as err:  # noqa: BLE001 - one bad input costs only itself, said in one line
+            text = str(err) if isinstance(err, SiloError) else f"{type(err).__name__}: {err}"
+            report.failures.append(text if item.source in text else f"{item.source}: {text}")
             print(f"{options.command}: error: {report.failures[-1]}", file=sys.stderr)
             continue
+        job.order = order
+        if job.paths["log"] in planned and options.output_dir is not None:
+            report.skipped += 1  # the same result asked twice (repeated seeds or methods): made once
+            continue
+        planned.add(job.paths["log"])
         if options.output_dir is not None and job.paths["log"].exists():
             report.skipped += 1
             if not options.quiet:
                 print(f"skip {item.source}: {job.paths['log']} exists", file=sys.stderr)
             if options.keep_outputs:
-                report.results.append(_finished(job))
+                report.results.append({**_finished(job), "order": order})
             continue
         if options.output_dir is not None:
             _remove_leftovers(job.paths)
@@ -251,16 +259,18 @@ def run(requests: list[Request], options: RunOptions) -> Report:
         batch = queue.pop(0)
         try:
             results = _restore_batch(batch, options)
-        except (torch.OutOfMemoryError, SiloError) as err:
+        except Exception as err:  # noqa: BLE001 - out of memory, a sampler or user degradation failing, ...
+            from silo.evaluation.memory import release_memory
+
+            release_memory(batch[0].request.setup.prior.device)
             if len(batch) > 1:  # retry one by one so one bad image does not lose the others
                 queue = [[j] for j in batch] + queue
                 continue
             if isinstance(err, torch.OutOfMemoryError):
-                from silo.evaluation.memory import release_memory
-
-                release_memory(batch[0].request.setup.prior.device)
-                h, w = batch[0].tensor.shape[-2:]
-                err = SiloError(f"out of memory restoring a {w}x{h} input; use --dtype bfloat16, --pad off or a smaller image")
+                h, w = batch[0].crop
+                err = SiloError(f"out of memory restoring a {w}x{h} image; use --dtype bfloat16 or a smaller image")
+            elif not isinstance(err, SiloError):
+                err = SiloError(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
             report.failures.append(f"{batch[0].request.item.source}: {err}")
             print(f"{options.command}: error: {report.failures[-1]}", file=sys.stderr)
             continue
@@ -268,26 +278,28 @@ def run(requests: list[Request], options: RunOptions) -> Report:
             if options.output_dir is None:
                 report.done += 1
                 if options.keep_outputs:
-                    report.results.append({"log": log, "output": output, "path": None})
+                    report.results.append({"log": log, "output": output, "path": None, "order": job.order})
                 continue
             try:
                 from silo.io.outputs import write_group
 
                 write_group(files)
-            except SiloError as err:
-                report.failures.append(str(err))
-                print(f"{options.command}: error: {err}", file=sys.stderr)
+            except (SiloError, OSError) as err:  # a full disk, an unwritable folder: said, and the others go on
+                text = str(err) if isinstance(err, SiloError) else f"{job.paths['log']}: cannot write ({err.strerror or err})"
+                report.failures.append(text)
+                print(f"{options.command}: error: {text}", file=sys.stderr)
                 continue
             report.done += 1
             report.logs.append(job.paths["log"])
             if options.keep_outputs:
-                report.results.append({"log": log, "output": output, "path": job.paths["log"]})
+                report.results.append({"log": log, "output": output, "path": job.paths["log"], "order": job.order})
             if options.on_result is not None:
                 options.on_result(job.paths["log"], log)
             if not options.quiet:
                 shown = ", ".join(f"{k} {_fmt(v)}" for k, v in log["metrics"].items()
                                   if k in ("psnr", "ssim", "consistency_psnr", "consistency_psnr_vs_measurement", "seconds"))
                 print(f"{job.request.item.source} -> {job.paths['log'].with_suffix('')}.* ({shown})")
+    report.results.sort(key=lambda r: r.get("order", 0))  # the requests' order
     return report
 
 
@@ -348,7 +360,8 @@ def _restore_batch(batch: list[Job], options: RunOptions) -> list[tuple[dict[Pat
             "config": {k: v for k, v in dict(operator.config).items() if not k.startswith("_")},
             "fingerprint": fingerprint(operator)},
         "settings": {k: v for k, v in settings_log.items() if k not in ("seed", "method_options")},
-        "setting_sources": resolved.sources,
+        "setting_sources": {**resolved.sources,
+                            "seed": resolved.sources["seed"] if seed == resolved.seed else "request"},
         "seed": seed,
         "dtype": options.dtype,
         "device": device_name(device),
