@@ -26,3 +26,13 @@ def tiny_conditional_prior():
     from silo.testing import tiny_prior as build
 
     return build(conditional=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine run fastest on one thread (two stall on oversubscription).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

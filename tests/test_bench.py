@@ -12,12 +12,7 @@ from silo.evaluation.bench import REFERENCE_OPS, add_ratios, bench_methods, chec
 from silo.evaluation.memory import PeakMemory
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quick_bench_writes_valid_json(tmp_path, capsys):

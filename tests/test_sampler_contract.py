@@ -15,12 +15,7 @@ from silo.samplers.registry import SAMPLERS, register_sampler
 from silo.testing import check_sampler_contract, contract_operator, random_images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("method", list(SAMPLERS))

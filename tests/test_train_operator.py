@@ -23,13 +23,7 @@ SMALL = {"cnn": {"channels": [8, 8, 8, 8]},
          "readout": {"bottleneck_channels": 8, "projection_dim": 16, "norm_groups": 4, "head_channels": [8, 8]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: one thread avoids oversubscription stalls (50x slower convs at 2 threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_png(x: torch.Tensor, path: Path) -> None:
