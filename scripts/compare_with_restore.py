@@ -50,18 +50,40 @@ def main(argv: list[str] | None = None) -> int:
             if method == "psld" and task == "jpeg":
                 continue  # PSLD needs a linear degradation
             out = args.output_dir / f"{task}-{method}-{kind or 'default'}"
-            cmd = ["silo", "restore", *sorted(str(p) for p in crops.glob("*.png")), "--simulate", "--task", task,
-                   "--method", method, "--steps", str(args.steps), "--no-progress", "--output-dir", str(out)]
+            cmd = [
+                "silo",
+                "restore",
+                *sorted(str(p) for p in crops.glob("*.png")),
+                "--simulate",
+                "--task",
+                task,
+                "--method",
+                method,
+                "--steps",
+                str(args.steps),
+                "--no-progress",
+                "--output-dir",
+                str(out),
+            ]
             subprocess.run(cmd + (["--operator-kind", kind] if kind else []), check=True, capture_output=True)
             logs = [json.loads(p.read_text()) for p in out.glob("*.json")]
             same = [log for log in logs if log["identity"]["key"] in evaluated]
-            diff = max((abs(log["metrics"]["psnr"] - evaluated[log["identity"]["key"]]["metrics"]["psnr"]) for log in same),
-                       default=float("nan"))
+            diff = max(
+                (abs(log["metrics"]["psnr"] - evaluated[log["identity"]["key"]]["metrics"]["psnr"]) for log in same),
+                default=float("nan"),
+            )
             worst = max(worst, diff) if same else worst
             restored = statistics.fmean(log["metrics"]["psnr"] for log in logs)
-            both = statistics.fmean(evaluated[log["identity"]["key"]]["metrics"]["psnr"] for log in same) if same else float("nan")
-            print(f"{task:15s} {logs[0]['method_label']:14s} n={len(logs)} same keys={len(same)} "
-                  f"restore PSNR {restored:.3f} evaluate {both:.3f} max |dPSNR| per image {diff:.2e}", flush=True)
+            both = (
+                statistics.fmean(evaluated[log["identity"]["key"]]["metrics"]["psnr"] for log in same)
+                if same
+                else float("nan")
+            )
+            print(
+                f"{task:15s} {logs[0]['method_label']:14s} n={len(logs)} same keys={len(same)} "
+                f"restore PSNR {restored:.3f} evaluate {both:.3f} max |dPSNR| per image {diff:.2e}",
+                flush=True,
+            )
     print(f"largest per-image PSNR difference: {worst:.2e} dB", file=sys.stderr)
     return 0
 

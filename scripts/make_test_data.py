@@ -62,8 +62,8 @@ def copy_published(reference: Path, manifest: dict) -> None:
         files.append({"file": f"published/{name}", "sha256": sha256(folder / name)})
     manifest["published_checkpoints"] = {
         "what": "parameter names and shapes of the published SILO operator checkpoints, and golden outputs of "
-                "the published code for seeded weights and inputs (the recipe is in "
-                "tests/test_published_checkpoints.py)",
+        "the published code for seeded weights and inputs (the recipe is in "
+        "tests/test_published_checkpoints.py)",
         "licence": "test vectors derived from the published SILO code's architecture; no trained weights",
         "regenerate": "python scripts/make_test_data.py --reference FOLDER",
         "files": files,

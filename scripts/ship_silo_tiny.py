@@ -6,7 +6,8 @@ held-out photos, choose each task's operator kind, and write the model card and 
 
 Measurements are `silo evaluate` runs under RUNS/ship/<key>/, where the key hashes the staged weights and
 the measuring options (resumable: finished results are skipped, and results of other weights or settings
-are never reused), so an interrupted run picks up where it stopped. The package's weights folder is replaced only at the end,
+are never reused), so an interrupted run picks up where it stopped. The package's weights folder is replaced only at
+the end,
 from a complete staging copy. Every number written is one this script measured.
 """
 
@@ -78,22 +79,66 @@ def run_key(staging: Path, args: argparse.Namespace) -> str:
     for path in sorted(p for p in staging.rglob("*.safetensors")):
         h.update(path.relative_to(staging).as_posix().encode())
         h.update(path.read_bytes())
-    h.update(json.dumps([args.steps, args.crops, args.curve_crops, args.curve_steps, args.tune_crops, args.etas,
-                         args.strengths, SCHEDULER, CLAMP_MEASUREMENT]).encode())
+    h.update(
+        json.dumps(
+            [
+                args.steps,
+                args.crops,
+                args.curve_crops,
+                args.curve_steps,
+                args.tune_crops,
+                args.etas,
+                args.strengths,
+                SCHEDULER,
+                CLAMP_MEASUREMENT,
+            ]
+        ).encode()
+    )
     return h.hexdigest()[:12]
 
 
-def evaluate(staging: Path, out: Path, kind: str, steps: int, extra: list[str], methods: str = "naive,silo",
-             tasks: list[str] = TASKS) -> dict:
-    run_silo("evaluate", "--prior", str(staging / "prior"), "--operator", str(staging / "operators" / f"{{task}}-{kind}"),
-             "--operator-kind", kind, "--tasks", ",".join(tasks), "--methods", methods, "--steps", str(steps),
-             "--seeds", "1000", "--device", "cpu", "--no-progress", "--save", "image", "--output-dir", str(out), *extra,
-             "--scheduler", SCHEDULER)
+def evaluate(
+    staging: Path,
+    out: Path,
+    kind: str,
+    steps: int,
+    extra: list[str],
+    methods: str = "naive,silo",
+    tasks: list[str] = TASKS,
+) -> dict:
+    run_silo(
+        "evaluate",
+        "--prior",
+        str(staging / "prior"),
+        "--operator",
+        str(staging / "operators" / f"{{task}}-{kind}"),
+        "--operator-kind",
+        kind,
+        "--tasks",
+        ",".join(tasks),
+        "--methods",
+        methods,
+        "--steps",
+        str(steps),
+        "--seeds",
+        "1000",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--save",
+        "image",
+        "--output-dir",
+        str(out),
+        *extra,
+        "--scheduler",
+        SCHEDULER,
+    )
     return json.loads((out / "aggregate.json").read_text())
 
 
-def tune_eta(staging: Path, ship: Path, steps: int, crops: int, etas: list[float],
-             strengths: list[float]) -> dict[str, dict]:
+def tune_eta(
+    staging: Path, ship: Path, steps: int, crops: int, etas: list[float], strengths: list[float]
+) -> dict[str, dict]:
     """SILO's step size and warm start per operator, swept on *training* crops (never the held-out photos);
     the best PSNR is written into the staged operator's card as ``recommended_eta`` (with the size it was
     tuned at, ``recommended_eta_size``) and ``recommended_start_strength`` (what restore and evaluate use
@@ -102,24 +147,47 @@ def tune_eta(staging: Path, ship: Path, steps: int, crops: int, etas: list[float
     for kind in KINDS:
         rows = {}
         for strength in strengths:
-            a = evaluate(staging, ship / f"tune-{kind}-strength{format_eta(strength)}", kind, steps,
-                         ["--photos", "train", "--photo-count", str(crops), "--photo-size", str(TUNE_SIZE),
-                          "--batch-size", str(crops), "--start-strength", str(strength),
-                          "--method-option", "silo.eta=" + ",".join(str(e) for e in etas)], methods="silo")
+            a = evaluate(
+                staging,
+                ship / f"tune-{kind}-strength{format_eta(strength)}",
+                kind,
+                steps,
+                [
+                    "--photos",
+                    "train",
+                    "--photo-count",
+                    str(crops),
+                    "--photo-size",
+                    str(TUNE_SIZE),
+                    "--batch-size",
+                    str(crops),
+                    "--start-strength",
+                    str(strength),
+                    "--method-option",
+                    "silo.eta=" + ",".join(str(e) for e in etas),
+                ],
+                methods="silo",
+            )
             rows[strength] = table_rows(a)
         for task in TASKS:
             name = f"{task}-{kind}"
-            psnr = {(s, e): mean(rows[s].get((task, f"silo[{kind}](eta={format_eta(e)})")), "psnr")
-                    for s in strengths for e in etas}
+            psnr = {
+                (s, e): mean(rows[s].get((task, f"silo[{kind}](eta={format_eta(e)})")), "psnr")
+                for s in strengths
+                for e in etas
+            }
             best_s, best_e = max(psnr, key=lambda k: psnr[k] if psnr[k] is not None else float("-inf"))
             card_path = staging / "operators" / name / "model_card.json"
             card = json.loads(card_path.read_text())
             card["recommended_eta"] = best_e
             card["recommended_start_strength"] = best_s
             card["recommended_eta_size"] = TUNE_SIZE  # restore scales eta by sqrt(H * W) / TUNE_SIZE
-            card["eta_sweep"] = {"photos": f"{crops} training crops, {TUNE_SIZE} px", "steps": steps, "scheduler": SCHEDULER,
-                                 "psnr": {f"start_strength={format_eta(s)},eta={format_eta(e)}": v
-                                          for (s, e), v in psnr.items()}}
+            card["eta_sweep"] = {
+                "photos": f"{crops} training crops, {TUNE_SIZE} px",
+                "steps": steps,
+                "scheduler": SCHEDULER,
+                "psnr": {f"start_strength={format_eta(s)},eta={format_eta(e)}": v for (s, e), v in psnr.items()},
+            }
             card_path.write_text(json.dumps(card, indent=2) + "\n")
             sweep[name] = {"eta": best_e, "start_strength": best_s, "psnr": psnr[(best_s, best_e)]}
     return sweep
@@ -153,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, default=100, help="held-out 64x64 crops")
     parser.add_argument("--curve-crops", type=int, default=16, help="held-out crops for the steps curve")
     parser.add_argument("--tune-crops", type=int, default=8, help="training crops for the eta sweep")
-    parser.add_argument("--strengths", default=",".join(map(str, STRENGTHS)),
-                        help="warm starts (--start-strength) swept per operator with the step sizes")
+    parser.add_argument(
+        "--strengths",
+        default=",".join(map(str, STRENGTHS)),
+        help="warm starts (--start-strength) swept per operator with the step sizes",
+    )
     parser.add_argument("--etas", default=",".join(map(str, ETAS)), help="SILO step sizes swept per operator")
     parser.add_argument("--curve-steps", default=",".join(map(str, CURVE_STEPS)), help="step counts of the curve")
     parser.add_argument("--dest", type=Path, default=DEST, help="the package's silo-tiny weights folder")
@@ -177,11 +248,26 @@ def main(argv: list[str] | None = None) -> int:
     prior_card["clamp_measurement"] = CLAMP_MEASUREMENT
     prior_card_path.write_text(json.dumps(prior_card, indent=2) + "\n")
 
-    sweep = tune_eta(staging, ship, args.steps, args.tune_crops, [float(v) for v in args.etas.split(",")],
-                     [float(v) for v in args.strengths.split(",")])
+    sweep = tune_eta(
+        staging,
+        ship,
+        args.steps,
+        args.tune_crops,
+        [float(v) for v in args.etas.split(",")],
+        [float(v) for v in args.strengths.split(",")],
+    )
     crops = ["--photos", "heldout", "--photo-count", str(args.crops), "--photo-size", "64", "--batch-size", "25"]
-    agg = {kind: evaluate(staging, ship / f"crops-{kind}", kind, args.steps, crops,
-                          methods="naive,silo" if kind == KINDS[0] else "silo") for kind in KINDS}
+    agg = {
+        kind: evaluate(
+            staging,
+            ship / f"crops-{kind}",
+            kind,
+            args.steps,
+            crops,
+            methods="naive,silo" if kind == KINDS[0] else "silo",
+        )
+        for kind in KINDS
+    }
     rows = {kind: table_rows(a) for kind, a in agg.items()}
     default_operator, crops_table = {}, {}
     for task in TASKS:
@@ -190,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         default_operator[task] = max(KINDS, key=lambda k: mean(per_kind[k], "psnr") or float("-inf"))
         crops_table[task] = {
             "naive": {m: mean(naive, m) for m in ("psnr", "ssim", "consistency_psnr")},
-            **{f"silo[{k}]": {m: mean(r, m) for m in ("psnr", "ssim", "consistency_psnr", "seconds")}
-               for k, r in per_kind.items()},
+            **{
+                f"silo[{k}]": {m: mean(r, m) for m in ("psnr", "ssim", "consistency_psnr", "seconds")}
+                for k, r in per_kind.items()
+            },
         }
 
     # whole held-out photos at 256 px with each task's chosen operator kind
@@ -210,9 +298,24 @@ def main(argv: list[str] | None = None) -> int:
     kind = default_operator[CURVE_TASK]
     curve = []
     for steps in [int(v) for v in args.curve_steps.split(",")]:
-        a = evaluate(staging, ship / f"curve-{CURVE_TASK}-{steps}", kind, steps,
-                     ["--photos", "heldout", "--photo-count", str(args.curve_crops), "--photo-size", "64",
-                      "--batch-size", str(args.curve_crops)], methods="silo", tasks=[CURVE_TASK])
+        a = evaluate(
+            staging,
+            ship / f"curve-{CURVE_TASK}-{steps}",
+            kind,
+            steps,
+            [
+                "--photos",
+                "heldout",
+                "--photo-count",
+                str(args.curve_crops),
+                "--photo-size",
+                "64",
+                "--batch-size",
+                str(args.curve_crops),
+            ],
+            methods="silo",
+            tasks=[CURVE_TASK],
+        )
         r = table_rows(a)[(CURVE_TASK, f"silo[{kind}]")]
         curve.append({"steps": steps, "psnr": mean(r, "psnr"), "ssim": mean(r, "ssim"), "seconds": mean(r, "seconds")})
     naive_curve = crops_table[CURVE_TASK]["naive"]["psnr"]
@@ -223,16 +326,22 @@ def main(argv: list[str] | None = None) -> int:
     card = {
         "name": "silo-tiny",
         "description": "a small latent diffusion prior (f4 VAE, 16 latent channels; unconditional UNet) and SILO "
-                       "operators for every shipped task, trained on CPU from packaged photos (docs/silo-tiny.md)",
+        "operators for every shipped task, trained on CPU from packaged photos (docs/silo-tiny.md)",
         "prior": {"description": prior_summary(prior_card), "metrics": prior_metrics(prior_card), "card": prior_card},
-        "operators": {name: {"task": c["task"], "kind": c["kind"], "steps": c["steps"],
-                             "final_validation_loss": c.get("final_validation_loss"),
-                             "recommended_eta": sweep[name]["eta"],
-                             "recommended_start_strength": sweep[name]["start_strength"],
-                             "summary": f"{c['kind']} for {c['task']}, {c['steps']} steps, validation loss "
-                                        f"{fmt(c.get('final_validation_loss'), 4)}, eta {sweep[name]['eta']}, "
-                                        f"start strength {sweep[name]['start_strength']}"}
-                      for name, c in op_cards.items()},
+        "operators": {
+            name: {
+                "task": c["task"],
+                "kind": c["kind"],
+                "steps": c["steps"],
+                "final_validation_loss": c.get("final_validation_loss"),
+                "recommended_eta": sweep[name]["eta"],
+                "recommended_start_strength": sweep[name]["start_strength"],
+                "summary": f"{c['kind']} for {c['task']}, {c['steps']} steps, validation loss "
+                f"{fmt(c.get('final_validation_loss'), 4)}, eta {sweep[name]['eta']}, "
+                f"start strength {sweep[name]['start_strength']}",
+            }
+            for name, c in op_cards.items()
+        },
         "default_operator": default_operator,
         "default_steps": args.steps,
         "default_scheduler": SCHEDULER,
@@ -240,10 +349,16 @@ def main(argv: list[str] | None = None) -> int:
         "evaluation": {
             "heldout_crops_64": {"n": args.crops, "seed": 1000, "steps": args.steps, "table": crops_table},
             "heldout_photos_256": {"photos": example_names(), "steps": args.steps, "table": photos_table},
-            "steps_curve": {"task": CURVE_TASK, "kind": kind, "crops": args.curve_crops, "points": curve,
-                            "naive_psnr": naive_curve},
+            "steps_curve": {
+                "task": CURVE_TASK,
+                "kind": kind,
+                "crops": args.curve_crops,
+                "points": curve,
+                "naive_psnr": naive_curve,
+            },
             "command": "python scripts/ship_silo_tiny.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "device": "cpu", "torch_threads": __import__("torch").get_num_threads(),
+            "device": "cpu",
+            "torch_threads": __import__("torch").get_num_threads(),
             "seconds": round(time.time() - started, 1),
         },
     }
@@ -263,9 +378,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def prior_summary(card: dict) -> str:
     vae, unet = card.get("vae", {}), card.get("unet", {})
-    return (f"VAE {vae.get('parameters', 0) / 1e6:.1f} M parameters (f{vae.get('downsampling')}, "
-            f"{vae.get('latent_channels')} latent channels, {_steps(vae)}), UNet "
-            f"{unet.get('parameters', 0) / 1e6:.1f} M parameters ({_steps(unet)})")
+    return (
+        f"VAE {vae.get('parameters', 0) / 1e6:.1f} M parameters (f{vae.get('downsampling')}, "
+        f"{vae.get('latent_channels')} latent channels, {_steps(vae)}), UNet "
+        f"{unet.get('parameters', 0) / 1e6:.1f} M parameters ({_steps(unet)})"
+    )
 
 
 def _steps(part: dict) -> str:
@@ -280,31 +397,46 @@ def _steps(part: dict) -> str:
 
 def prior_metrics(card: dict) -> dict:
     vae = card.get("vae", {})
-    return {"vae_heldout_psnr_64px": vae.get("heldout_psnr"), "vae_heldout_ssim_64px": vae.get("heldout_ssim"),
-            "unet_heldout_v_loss": card.get("unet", {}).get("heldout_loss")}
+    return {
+        "vae_heldout_psnr_64px": vae.get("heldout_psnr"),
+        "vae_heldout_ssim_64px": vae.get("heldout_ssim"),
+        "unet_heldout_v_loss": card.get("unet", {}).get("heldout_loss"),
+    }
 
 
 def markdown_tables(card: dict) -> str:
     ev = card["evaluation"]
-    lines = [f"Held-out 64x64 crops (n = {ev['heldout_crops_64']['n']}), {ev['heldout_crops_64']['steps']}-step "
-             f"{card.get('default_scheduler', 'ddpm').upper()} schedule, each operator at its tuned eta and warm start "
-             "(start = fraction of the schedule run):", "",
-             "| task | naive PSNR / SSIM | SILO cnn PSNR / SSIM / cons. PSNR | SILO readout PSNR / SSIM / cons. PSNR "
-             "| s per image (cnn, readout; batch 25) | default |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Held-out 64x64 crops (n = {ev['heldout_crops_64']['n']}), {ev['heldout_crops_64']['steps']}-step "
+        f"{card.get('default_scheduler', 'ddpm').upper()} schedule, each operator at its tuned eta and warm start "
+        "(start = fraction of the schedule run):",
+        "",
+        "| task | naive PSNR / SSIM | SILO cnn PSNR / SSIM / cons. PSNR | SILO readout PSNR / SSIM / cons. PSNR "
+        "| s per image (cnn, readout; batch 25) | default |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for task, t in ev["heldout_crops_64"]["table"].items():
         n, c, r = t["naive"], t["silo[cnn]"], t["silo[readout]"]
-        lines.append(f"| {task} | {fmt(n['psnr'])} / {fmt(n['ssim'], 3)} | {fmt(c['psnr'])} / {fmt(c['ssim'], 3)} / "
-                     f"{fmt(c['consistency_psnr'])} | {fmt(r['psnr'])} / {fmt(r['ssim'], 3)} / "
-                     f"{fmt(r['consistency_psnr'])} | {fmt(c['seconds'])}, {fmt(r['seconds'])} | "
-                     f"{default_label(card, task)} |")
-    lines += ["", f"Held-out photos at 256x256 ({', '.join(ev['heldout_photos_256']['photos'])}), default operator:", "",
-              "| task | naive PSNR / SSIM | SILO PSNR / SSIM | s per image |", "| --- | --- | --- | --- |"]
+        lines.append(
+            f"| {task} | {fmt(n['psnr'])} / {fmt(n['ssim'], 3)} | {fmt(c['psnr'])} / {fmt(c['ssim'], 3)} / "
+            f"{fmt(c['consistency_psnr'])} | {fmt(r['psnr'])} / {fmt(r['ssim'], 3)} / "
+            f"{fmt(r['consistency_psnr'])} | {fmt(c['seconds'])}, {fmt(r['seconds'])} | "
+            f"{default_label(card, task)} |"
+        )
+    lines += [
+        "",
+        f"Held-out photos at 256x256 ({', '.join(ev['heldout_photos_256']['photos'])}), default operator:",
+        "",
+        "| task | naive PSNR / SSIM | SILO PSNR / SSIM | s per image |",
+        "| --- | --- | --- | --- |",
+    ]
     for task, t in ev["heldout_photos_256"]["table"].items():
         n = t.get("naive", {})
         s = next((v for k, v in t.items() if k.startswith("silo")), {})
-        lines.append(f"| {task} | {fmt(n.get('psnr'))} / {fmt(n.get('ssim'), 3)} | {fmt(s.get('psnr'))} / "
-                     f"{fmt(s.get('ssim'), 3)} | {fmt(s.get('seconds'))} |")
+        lines.append(
+            f"| {task} | {fmt(n.get('psnr'))} / {fmt(n.get('ssim'), 3)} | {fmt(s.get('psnr'))} / "
+            f"{fmt(s.get('ssim'), 3)} | {fmt(s.get('seconds'))} |"
+        )
     return "\n".join(lines)
 
 

@@ -29,8 +29,18 @@ def operator():
 
 def _restore(prior, method, x, seeds, operator=None, task="sr4", steps=3, callback=None, **kw):
     settings = SamplerSettings(steps=steps, **kw)
-    return restore(prior, load_task(task), settings, seeds, reference=x, method=method, operator=operator,
-                   param_seeds=seeds, callback=callback, show_progress=False)
+    return restore(
+        prior,
+        load_task(task),
+        settings,
+        seeds,
+        reference=x,
+        method=method,
+        operator=operator,
+        param_seeds=seeds,
+        callback=callback,
+        show_progress=False,
+    )
 
 
 @pytest.mark.parametrize("method", NEW_METHODS)
@@ -116,20 +126,29 @@ def test_guidance_moves_toward_the_measurement(tiny_prior, operator, method, opt
     final = {}
     for value in (0.0, 2.0):
         seen = []
-        SAMPLERS[method](tiny_prior, problem, SamplerSettings(steps=8), operator=operator, show_progress=False,
-                         callback=lambda info: seen.append(float(info["loss"][0])), **{option: value})
+        SAMPLERS[method](
+            tiny_prior,
+            problem,
+            SamplerSettings(steps=8),
+            operator=operator,
+            show_progress=False,
+            callback=lambda info, seen=seen: seen.append(float(info["loss"][0])),
+            **{option: value},
+        )
         final[value] = seen[-1]
     assert final[2.0] < final[0.0]
 
 
 def test_registry_and_defaults_are_documented():
     import inspect
-
     from importlib import import_module
 
     latent_dps, psld, silo_x0 = (import_module(f"silo.samplers.{m}") for m in ("latent_dps", "psld", "silo_x0"))
-    tuned = {"ldps": {"zeta": latent_dps.DEFAULT_ZETA}, "psld": {"zeta": latent_dps.DEFAULT_ZETA, "gamma": psld.DEFAULT_GAMMA},
-             "silo_x0": {"step": silo_x0.DEFAULT_STEP}}
+    tuned = {
+        "ldps": {"zeta": latent_dps.DEFAULT_ZETA},
+        "psld": {"zeta": latent_dps.DEFAULT_ZETA, "gamma": psld.DEFAULT_GAMMA},
+        "silo_x0": {"step": silo_x0.DEFAULT_STEP},
+    }
     assert tuned == {"ldps": {"zeta": 0.125}, "psld": {"zeta": 0.125, "gamma": 0.001}, "silo_x0": {"step": 2.0}}
     for method, options in tuned.items():
         spec = SAMPLERS[method]

@@ -11,7 +11,6 @@ from silo.cli import main
 from silo.evaluation.bench import REFERENCE_OPS, add_ratios, bench_methods, check_targets, paired_reference
 from silo.evaluation.memory import PeakMemory
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -33,21 +32,29 @@ def test_quick_bench_writes_valid_json(tmp_path, capsys):
     assert run["methods"]["ldps"]["ratio_to_ldps"] == 1.0 and run["methods"]["ldps"]["paired_ratio_to_ldps"] == 1.0
     assert run["methods"]["silo_x0[cnn]"]["paired_ratio_to_ldps"] is None  # paired with another op than LDPS
     assert 0 < data["runtime_memory_bytes"] == run["runtime_memory_bytes"] < run["methods"]["ldps"]["peak_memory_bytes"]
-    assert run["methods"]["ldps"]["model_memory_bytes"] == (run["methods"]["ldps"]["peak_memory_bytes"]
-                                                             - data["runtime_memory_bytes"])
+    assert run["methods"]["ldps"]["model_memory_bytes"] == (
+        run["methods"]["ldps"]["peak_memory_bytes"] - data["runtime_memory_bytes"]
+    )
     assert data["targets"] == []  # targets concern SD 1.5 at 512 px only
     assert "silo[cnn]" in capsys.readouterr().out
     assert main(["bench", "--quick", "--output", str(out)]) == 2  # never overwritten
 
 
 def test_ratios_and_targets():
-    run = {"prior": "sd15", "size": 512, "dtype": "float32",
-           "reference": {"unet_forward": {"seconds": 10.0}, "unet_forward_backward": {"seconds": 20.0}},
-           "methods": {"ldps": {"seconds_per_step": 80.0, "peak_memory_bytes": 12},
-                       "silo[cnn]": {"seconds_per_step": 21.0, "peak_memory_bytes": 7},
-                       "silo_x0[cnn]": {"seconds_per_step": 11.0, "peak_memory_bytes": 4},
-                       "psld": {"error": "out of memory"}},
-           "runtime_memory_bytes": 2, "runtime_memory_kind": "cpu_rss_before_models"}
+    run = {
+        "prior": "sd15",
+        "size": 512,
+        "dtype": "float32",
+        "reference": {"unet_forward": {"seconds": 10.0}, "unet_forward_backward": {"seconds": 20.0}},
+        "methods": {
+            "ldps": {"seconds_per_step": 80.0, "peak_memory_bytes": 12},
+            "silo[cnn]": {"seconds_per_step": 21.0, "peak_memory_bytes": 7},
+            "silo_x0[cnn]": {"seconds_per_step": 11.0, "peak_memory_bytes": 4},
+            "psld": {"error": "out of memory"},
+        },
+        "runtime_memory_bytes": 2,
+        "runtime_memory_kind": "cpu_rss_before_models",
+    }
     add_ratios(run)
     silo_cnn = run["methods"]["silo[cnn]"]
     assert silo_cnn["ratio_to_ldps"] == pytest.approx(21 / 80)
@@ -56,25 +63,35 @@ def test_ratios_and_targets():
     assert (silo_cnn["model_memory_bytes"], silo_cnn["model_memory_ratio_to_ldps"]) == (5, pytest.approx(5 / 10))
     results = {t["target"]: t["passed"] for t in check_targets([run])}
     # 21/80 > 1/4: not 4x faster; 7/12 of the process peak, but 5/10 without the runtime both share
-    assert list(results.values()) == [False, True, False, True, True]
+    assert list(results.values()) == [False, True, False, True, True, None]  # no silo_daps[cnn] run: not checked
     assert check_targets([{**run, "size": 256}]) == []
     # paired with a reference run between its own steps: these ratios win over the drifting reference block
     paired = {**run, "methods": {k: dict(v) for k, v in run["methods"].items()}}
     for name, ratio in (("silo[cnn]", 1.05), ("ldps", 4.5)):
-        paired["methods"][name].update(paired_reference={"op": "unet_forward_backward"}, ratio_to_paired_reference=ratio)
+        paired["methods"][name].update(
+            paired_reference={"op": "unet_forward_backward"}, ratio_to_paired_reference=ratio
+        )
     paired["methods"]["silo_x0[cnn]"].update(paired_reference={"op": "unet_forward"}, ratio_to_paired_reference=1.2)
+    paired["methods"]["silo_daps[cnn]"] = {
+        "paired_reference": {"op": "unet_forward"},
+        "ratio_to_paired_reference": 1.15,
+    }
     add_ratios(paired)
     assert paired["methods"]["silo[cnn]"]["paired_ratio_to_ldps"] == pytest.approx(1.05 / 4.5)
     targets = check_targets([paired])
     assert [t["value"] for t in targets][:2] == [pytest.approx(1.05 / 4.5), 1.05] and targets[4]["value"] == 1.2
-    assert [t["passed"] for t in targets] == [True, True, False, True, False]
-    assert [t["paired"] for t in targets] == [True, True, None, None, True]
-    assert [t["paired"] for t in check_targets([run])] == [False, False, None, None, False]
-    cuda = {**run, "methods": {k: dict(v) for k, v in run["methods"].items()}, "runtime_memory_bytes": 0,
-            "runtime_memory_kind": "none: CUDA's counter holds tensors only"}
+    assert [t["passed"] for t in targets] == [True, True, False, True, False, True]
+    assert [t["paired"] for t in targets] == [True, True, None, None, True, True]
+    assert [t["paired"] for t in check_targets([run])] == [False, False, None, None, False, False]
+    cuda = {
+        **run,
+        "methods": {k: dict(v) for k, v in run["methods"].items()},
+        "runtime_memory_bytes": 0,
+        "runtime_memory_kind": "none: CUDA's counter holds tensors only",
+    }
     add_ratios(cuda)  # no CPU baseline: no second memory figure, and its target is not checked
     assert cuda["methods"]["silo[cnn]"]["model_memory_ratio_to_ldps"] is None
-    assert [t["passed"] for t in check_targets([cuda])] == [False, True, False, None, True]
+    assert [t["passed"] for t in check_targets([cuda])] == [False, True, False, None, True, None]
 
 
 def test_peak_memory_leaves_out_a_paused_block():
@@ -161,14 +178,33 @@ def test_sd15_architecture_matches_the_published_parameter_counts():
     assert sum(p.numel() for p in prior.unet.parameters()) == 859_520_964
     assert sum(p.numel() for p in prior.vae.parameters()) == 83_653_863
     assert (prior.latent_channels, prior.vae_scale, prior.size_multiple, prior.embedding_dim) == (4, 8, 64, 1280)
-    assert prior.scheduler.config.beta_schedule == "scaled_linear" and prior.scheduler.config.prediction_type == "epsilon"
+    assert (
+        prior.scheduler.config.beta_schedule == "scaled_linear" and prior.scheduler.config.prediction_type == "epsilon"
+    )
 
 
 @pytest.mark.slow
 def test_sd15_bench_256px(tmp_path):
     """Minutes on a CPU: the SD 1.5 architecture at 256 px, float32, every method."""
     out = tmp_path / "bench.json"
-    assert main(["bench", "--prior", "sd15", "--sizes", "256", "--dtypes", "float32", "--repeats", "1",
-                 "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--prior",
+                "sd15",
+                "--sizes",
+                "256",
+                "--dtypes",
+                "float32",
+                "--repeats",
+                "1",
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     run = json.loads(out.read_text())["runs"][0]
     assert all("seconds_per_step" in m for m in run["methods"].values())

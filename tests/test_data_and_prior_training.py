@@ -69,8 +69,9 @@ def test_build_data_rejects_changed_file_and_missing_package(tmp_path):
     with pytest.raises(SiloError, match="checksum"):
         photos.build_dataset(tmp_path / "a", skimage_manifest(tmp_path, sha256="0" * 64), progress=False)
     manifest = skimage_manifest(tmp_path)
-    manifest["photos"].append(dict(name="x", source="mate-backgrounds", file="/nonexistent/x.jpg",
-                                   licence="GPL-2+", split="train"))
+    manifest["photos"].append(
+        dict(name="x", source="mate-backgrounds", file="/nonexistent/x.jpg", licence="GPL-2+", split="train")
+    )
     with pytest.raises(SiloError, match="apt-get install mate-backgrounds"):
         photos.build_dataset(tmp_path / "b", manifest, progress=False)
 
@@ -97,9 +98,21 @@ def fake_crops(n: int = 4, size: int = 64) -> np.ndarray:
 
 
 def config(tmp_path, stage: str, steps: int, **kw) -> TrainConfig:
-    base = dict(stage=stage, data=str(tmp_path), output=str(tmp_path / stage), max_steps=steps, batch_size=4,
-                lr=3e-3, warmup=2, crop=32, threads=1, checkpoint_every=3, eval_every=3, progress=False,
-                model=dict(TINY_VAE if stage == "vae" else TINY_UNET))
+    base = dict(
+        stage=stage,
+        data=str(tmp_path),
+        output=str(tmp_path / stage),
+        max_steps=steps,
+        batch_size=4,
+        lr=3e-3,
+        warmup=2,
+        crop=32,
+        threads=1,
+        checkpoint_every=3,
+        eval_every=3,
+        progress=False,
+        model=dict(TINY_VAE if stage == "vae" else TINY_UNET),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -203,8 +216,15 @@ def test_unet_stage_trains_and_export_loads(tmp_path, monkeypatch):
     init_weights(fresh, prior_dir, "unet")
     for k, v in fresh.state_dict().items():
         torch.testing.assert_close(v, unet.state_dict()[k].float())
-    tuned = config(tmp_path, "unet", 1000, vae=str(prior_dir / "vae"), output=str(tmp_path / "tuned"),
-                   init_from=str(prior_dir), time_limit=0.0)
+    tuned = config(
+        tmp_path,
+        "unet",
+        1000,
+        vae=str(prior_dir / "vae"),
+        output=str(tmp_path / "tuned"),
+        init_from=str(prior_dir),
+        time_limit=0.0,
+    )
     record = train(tuned, images=images, eval_crops=crops[:, :32, :32])
     assert record["step"] == 1  # the time limit stopped it after one step, with a checkpoint to resume
     assert latest_checkpoint(tuned.output).name == "step-0000001"
@@ -239,9 +259,19 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path, monkeypatch):
     train(base, images=images, eval_crops=crops)
     prior_export.export(base, tmp_path / "prior")
     with pytest.raises(SiloError, match="--init-from"):
-        train(config(tmp_path, "vae", 2, output=str(tmp_path / "x"), freeze_encoder=True), images=images, eval_crops=crops)
-    tuned = config(tmp_path, "vae", 3, output=str(tmp_path / "dec"), init_from=str(tmp_path / "prior"),
-                   freeze_encoder=True, lr=1e-2, loss="mse")
+        train(
+            config(tmp_path, "vae", 2, output=str(tmp_path / "x"), freeze_encoder=True), images=images, eval_crops=crops
+        )
+    tuned = config(
+        tmp_path,
+        "vae",
+        3,
+        output=str(tmp_path / "dec"),
+        init_from=str(tmp_path / "prior"),
+        freeze_encoder=True,
+        lr=1e-2,
+        loss="mse",
+    )
     record = train(tuned, images=images, eval_crops=crops)
     assert "train_mse" in record and "train_l1" not in record  # the loss asked for is the one optimised
     prior_export.export(tuned, tmp_path / "prior-dec")
@@ -251,7 +281,9 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path, monkeypatch):
     for name in ("encoder", "quant_conv"):
         for (k, a), b in zip(getattr(old, name).state_dict().items(), getattr(new, name).state_dict().values()):
             torch.testing.assert_close(a, b, msg=f"{name}.{k} changed")
-    assert any(not torch.equal(a, b) for a, b in zip(old.decoder.state_dict().values(), new.decoder.state_dict().values()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(old.decoder.state_dict().values(), new.decoder.state_dict().values())
+    )
     card = json.loads((tmp_path / "prior-dec" / "silo_prior.json").read_text())["vae"]
     assert card["finetuned_from"]["step"] == 3 and "encoder" in card["frozen"]
 
@@ -263,17 +295,54 @@ def test_resumed_run_keeps_its_fine_tuning_flags(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text(json.dumps({"step": 1, "config": {"model": {}}}))
-    args = build_parser().parse_args(["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output-dir",
-                                      str(tmp_path / "run"), "--resume-from-checkpoint", "latest",
-                                      "--freeze-encoder", "--init-from", str(tmp_path)])
+    args = build_parser().parse_args(
+        [
+            "train-prior",
+            "--stage",
+            "vae",
+            "--data",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--resume-from-checkpoint",
+            "latest",
+            "--freeze-encoder",
+            "--init-from",
+            str(tmp_path),
+        ]
+    )
     with pytest.raises(SiloError, match="without --freeze-encoder"):
         run(args)
-    args = build_parser().parse_args(["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output-dir",
-                                      str(tmp_path / "run"), "--resume-from-checkpoint", "latest", "--loss", "mse"])
+    args = build_parser().parse_args(
+        [
+            "train-prior",
+            "--stage",
+            "vae",
+            "--data",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--resume-from-checkpoint",
+            "latest",
+            "--loss",
+            "mse",
+        ]
+    )
     with pytest.raises(SiloError, match="--loss l1"):
         run(args)
-    args = build_parser().parse_args(["train-prior", "--stage", "unet", "--data", str(tmp_path), "--output-dir",
-                                      str(tmp_path / "u"), "--loss", "mse"])
+    args = build_parser().parse_args(
+        [
+            "train-prior",
+            "--stage",
+            "unet",
+            "--data",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "u"),
+            "--loss",
+            "mse",
+        ]
+    )
     with pytest.raises(SiloError, match="VAE's reconstruction loss"):
         run(args)
 
@@ -288,12 +357,23 @@ def test_command_line_words_map_to_the_saved_config_fields(tmp_path, monkeypatch
     seen = []
     monkeypatch.setattr(prior_training, "train", lambda cfg, resume=None: seen.append(cfg) or {})
     base = ["train-prior", "--stage", "vae", "--data", str(tmp_path), "--output-dir", str(tmp_path / "run")]
-    run(build_parser().parse_args([*base, "--crop-size", "32", "--validation-every", "5",
-                                   "--prior-config", json.dumps(TINY_VAE)]))
-    assert (seen[-1].output, seen[-1].crop, seen[-1].eval_every, seen[-1].model) == (str(tmp_path / "run"), 32, 5, TINY_VAE)
+    run(
+        build_parser().parse_args(
+            [*base, "--crop-size", "32", "--validation-every", "5", "--prior-config", json.dumps(TINY_VAE)]
+        )
+    )
+    assert (seen[-1].output, seen[-1].crop, seen[-1].eval_every, seen[-1].model) == (
+        str(tmp_path / "run"),
+        32,
+        5,
+        TINY_VAE,
+    )
     run(build_parser().parse_args(base))
-    assert (seen[-1].crop, seen[-1].eval_every, seen[-1].model) == (DEFAULTS["vae"]["crop_size"],
-                                                                    DEFAULTS["vae"]["validation_every"], {})
+    assert (seen[-1].crop, seen[-1].eval_every, seen[-1].model) == (
+        DEFAULTS["vae"]["crop_size"],
+        DEFAULTS["vae"]["validation_every"],
+        {},
+    )
     with pytest.raises(SiloError, match="--prior-config must be a JSON object"):
         run(build_parser().parse_args([*base, "--prior-config", "[1]"]))
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"

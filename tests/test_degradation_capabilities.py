@@ -73,7 +73,9 @@ def test_uses_kernel_iff_a_kernel_is_given_and_read(deg):
 def test_needs_kernel_iff_the_kernel_is_drawn_per_image(deg):
     if deg.needs_kernel:
         assert deg.uses_kernel
-    drawn = deg.uses_kernel and not torch.equal(deg.blur_kernel(params_for(deg, 1)), deg.blur_kernel(params_for(deg, 2)))
+    drawn = deg.uses_kernel and not torch.equal(
+        deg.blur_kernel(params_for(deg, 1)), deg.blur_kernel(params_for(deg, 2))
+    )
     assert deg.needs_kernel == drawn
 
 
@@ -159,8 +161,15 @@ def test_user_degradation_loads_from_module_callable(tmp_path):
     spec = f"{tmp_path / 'mydeg.py'}:halve"
     deg = load_user_degradation(spec, noise_sigma=0.02)
     assert isinstance(deg, Degradation) and deg.scale == 2 and deg.noise_sigma == 0.02
-    assert deg.capabilities() == {"linear": False, "differentiable": False, "uses_mask": False, "uses_kernel": False,
-                                  "needs_kernel": False, "random_params": False, "scale": 2}
+    assert deg.capabilities() == {
+        "linear": False,
+        "differentiable": False,
+        "uses_mask": False,
+        "uses_kernel": False,
+        "needs_kernel": False,
+        "random_params": False,
+        "scale": 2,
+    }
     task = user_task(spec, noise_sigma=0.03)
     assert task.noise_sigma == task.degradation.noise_sigma == 0.03
 

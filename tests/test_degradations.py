@@ -8,7 +8,14 @@ import torch
 from PIL import Image
 
 from silo.degradations import (
-    JPEG, GaussianBlur, Inpainting, MotionBlur, SuperResolution, imresize, list_tasks, load_task,
+    JPEG,
+    GaussianBlur,
+    Inpainting,
+    MotionBlur,
+    SuperResolution,
+    imresize,
+    list_tasks,
+    load_task,
 )
 from silo.degradations.resize import resize_matrix
 from silo.errors import SiloError
@@ -18,7 +25,16 @@ TASKS = list_tasks()
 
 
 def test_all_reference_tasks_are_shipped():
-    assert set(TASKS) >= {"sr4", "sr8", "gaussian_blur", "motion_blur", "inpaint_center", "inpaint_random", "jpeg", "identity"}
+    assert set(TASKS) >= {
+        "sr4",
+        "sr8",
+        "gaussian_blur",
+        "motion_blur",
+        "inpaint_center",
+        "inpaint_random",
+        "jpeg",
+        "identity",
+    }
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -79,7 +95,9 @@ def test_jpeg_really_compresses_and_is_not_linear():
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=10)
     again = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) / 127.5 - 1
-    assert np.abs(again - y[0].permute(1, 2, 0).numpy()).mean() < (y - x).abs().mean().item(), "re-encoding a JPEG changes it less"
+    assert np.abs(again - y[0].permute(1, 2, 0).numpy()).mean() < (y - x).abs().mean().item(), (
+        "re-encoding a JPEG changes it less"
+    )
     # straight-through gradient
     xg = x.clone().requires_grad_(True)
     deg.A(xg).sum().backward()
@@ -109,10 +127,13 @@ def test_inpainting_masks_have_the_stated_size(box, size):
 
 def test_matlab_bicubic_matches_known_values():
     # imresize(1:8, 0.5) worked by hand: centre 1.5, kernel 0.5*cubic(0.5 d) over 8 taps, mirrored borders
-    # -> first output = 3*(-0.01172) + 2*(-0.03516) + 1*(0.11328 + 0.43359) + 2*0.43359 + 3*0.11328 + 4*(-0.03516) + 5*(-0.01172)
+    # -> first output = 3*(-0.01172) + 2*(-0.03516) + 1*(0.11328 + 0.43359) + 2*0.43359 + 3*0.11328
+    #                   + 4*(-0.03516) + 5*(-0.01172)
     row = torch.arange(1, 9, dtype=torch.float64)
     out = resize_matrix(8, 4) @ row
-    torch.testing.assert_close(out, torch.tensor([1.44921875, 3.48828125, 5.51171875, 7.55078125], dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        out, torch.tensor([1.44921875, 3.48828125, 5.51171875, 7.55078125], dtype=torch.float64), atol=1e-6, rtol=0
+    )
     x = torch.rand(1, 3, 16, 24, dtype=torch.float64)
     assert imresize(x, (4, 6)).shape == (1, 3, 4, 6)
     torch.testing.assert_close(imresize(torch.ones(1, 1, 9, 7), (36, 28)), torch.ones(1, 1, 36, 28))

@@ -34,7 +34,9 @@ def setup(tmp_path_factory):
     prior = tiny_prior()
     prior.save_pretrained(root / "prior")
     torch.manual_seed(0)
-    CNNOperator(latent_channels=4, embedding_dim=prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=16).save_pretrained(root / "cnn")
+    CNNOperator(
+        latent_channels=4, embedding_dim=prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=16
+    ).save_pretrained(root / "cnn")
     (root / "photos").mkdir()
     for i in range(2):
         x = random_images(1, (SIZE, SIZE), seed=i)[0]
@@ -43,9 +45,25 @@ def setup(tmp_path_factory):
 
 
 def argv(setup, out, *extra):
-    return ["evaluate", str(setup / "photos"), "--prior", str(setup / "prior"), "--operator", str(setup / "cnn"),
-            "--tasks", "sr4,jpeg", "--methods", "silo,ldps,psld", "--steps", "2", "--no-progress", "--no-lpips",
-            "--output-dir", str(out), *extra]
+    return [
+        "evaluate",
+        str(setup / "photos"),
+        "--prior",
+        str(setup / "prior"),
+        "--operator",
+        str(setup / "cnn"),
+        "--tasks",
+        "sr4,jpeg",
+        "--methods",
+        "silo,ldps,psld",
+        "--steps",
+        "2",
+        "--no-progress",
+        "--no-lpips",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +88,22 @@ def test_logs_and_table(single):
     assert log["memory"]["memory_kind"] in ("cpu_peak_rss", "cuda_max_allocated")
     assert (single / "runs" / log["reference_image"]).is_file()
     table = rows(single)
-    assert set(table) == {("sr4", "silo[cnn]"), ("sr4", "ldps"), ("sr4", "psld"), ("jpeg", "silo[cnn]"), ("jpeg", "ldps")}
+    assert set(table) == {
+        ("sr4", "silo[cnn]"),
+        ("sr4", "ldps"),
+        ("sr4", "psld"),
+        ("jpeg", "silo[cnn]"),
+        ("jpeg", "ldps"),
+    }
     row = table[("sr4", "ldps")]
     assert row["n"] == 2 and row["steps"] == 2 and row["metrics"]["psnr"]["n"] == 2
     assert row["metrics"]["psnr"]["ci95"] > 0
     md = (single / "aggregate.md").read_text()
     assert "| sr4 | psld |" in md and "±" in md
     header = (single / "aggregate.csv").read_text().splitlines()[0].split(",")
-    assert {"task", "method", "psnr_mean", "psnr_ci95", "seconds_per_step_mean", "peak_memory_bytes_mean"} <= set(header)
+    assert {"task", "method", "psnr_mean", "psnr_ci95", "seconds_per_step_mean", "peak_memory_bytes_mean"} <= set(
+        header
+    )
     assert json.loads((single / "aggregate.json").read_text())["fid_status"].startswith(("unavailable", "available"))
 
 
@@ -113,8 +139,17 @@ def test_summarize_reproduces_the_table(single, tmp_path):
 def test_two_processes_give_the_same_table_as_one(setup, single):
     out = setup / "two"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "silo",
-           *argv(setup, out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "silo",
+        *argv(setup, out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = {json.loads(p.read_text())["evaluation"]["rank"] for p in (out / "runs").glob("*.json")}
@@ -131,8 +166,12 @@ def test_method_options_sweep(setup, tmp_path):
     args = argv(setup, tmp_path, "--method-option", "ldps.zeta=0.5,2", "--method-option", "silo.eta=0.25")
     args[args.index("--tasks") + 1] = "sr4"
     args[args.index("--methods") + 1] = "silo,ldps"
-    assert main(args + ["--photos", "heldout", "--photo-count", "1", "--photo-size", "32"]
-                if _heldout_available() else args) == 0
+    assert (
+        main(
+            args + ["--photos", "heldout", "--photo-count", "1", "--photo-size", "32"] if _heldout_available() else args
+        )
+        == 0
+    )
     table = rows(tmp_path)
     assert {m for _, m in table} == {"ldps(zeta=0.5)", "ldps(zeta=2)", "silo[cnn](eta=0.25)"}
     log = json.loads(next((tmp_path / "runs").glob("img0_sr4_ldps-zeta2_s1000_*.json")).read_text())
@@ -154,9 +193,19 @@ def _heldout_available() -> bool:
 def test_option_parsing_errors():
     assert method_options("psld") == {"zeta": DEFAULT_ZETA, "gamma": 0.001}
     assert [c.option_dict for c in parse_method_options(["zeta=1,2"], ["ldps", "psld", "silo"])] == [
-        {"zeta": 1.0}, {"zeta": 2.0}, {"zeta": 1.0}, {"zeta": 2.0}, {}]
-    for spec, msg in [("gamma=1", "no selected method"), ("psld.zeta=1", "not among"), ("ldps.eta=1", "takes zeta"),
-                      ("ldps.zeta=x", "numbers"), ("zeta", "expected")]:
+        {"zeta": 1.0},
+        {"zeta": 2.0},
+        {"zeta": 1.0},
+        {"zeta": 2.0},
+        {},
+    ]
+    for spec, msg in [
+        ("gamma=1", "no selected method"),
+        ("psld.zeta=1", "not among"),
+        ("ldps.eta=1", "takes zeta"),
+        ("ldps.zeta=x", "numbers"),
+        ("zeta", "expected"),
+    ]:
         with pytest.raises(SiloError, match=msg):
             parse_method_options([spec], ["ldps", "silo"])
 
@@ -173,7 +222,7 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path, capsys):
 def test_mean_ci():
     stat = mean_ci([1.0, 2.0, 3.0])
     assert stat["mean"] == 2.0 and stat["n"] == 3
-    assert stat["ci95"] == pytest.approx(4.302652729911275 / 3 ** 0.5)
+    assert stat["ci95"] == pytest.approx(4.302652729911275 / 3**0.5)
     assert mean_ci([5.0])["ci95"] is None and mean_ci([])["mean"] is None
 
 
@@ -262,7 +311,10 @@ def test_param_draws_measure_each_image_under_several_kernels(setup, tmp_path, c
     args[args.index("--tasks") + 1] = "motion_blur,sr4"
     assert main(args) == 0
     assert rows(tmp_path)[("sr4", "naive")]["n"] == 2  # no random parameters: one draw, not three copies
-    logs = {p.name.split("_motion_blur")[0]: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*motion_blur*.json")}
+    logs = {
+        p.name.split("_motion_blur")[0]: json.loads(p.read_text())
+        for p in (tmp_path / "runs").glob("*motion_blur*.json")
+    }
     assert sorted(logs) == ["img0", "img0-draw1", "img0-draw2", "img1", "img1-draw1", "img1-draw2"]
     psnrs = [logs[n]["metrics"]["psnr"] for n in ("img0", "img0-draw1", "img0-draw2")]
     assert len({round(v, 6) for v in psnrs}) == 3

@@ -30,10 +30,21 @@ def files(tmp_path_factory, tiny_prior):
     root = tmp_path_factory.mktemp("doors")
     tiny_prior.save_pretrained(root / "prior")
     card = json.loads((root / "prior" / "silo_prior.json").read_text())
-    (root / "prior" / "silo_prior.json").write_text(json.dumps({**card, "default_steps": 3, "default_scheduler": "ddim"}))
+    (root / "prior" / "silo_prior.json").write_text(
+        json.dumps({**card, "default_steps": 3, "default_scheduler": "ddim"})
+    )
     contract_operator(tiny_prior).save_pretrained(root / "op")
-    (root / "op" / "model_card.json").write_text(json.dumps(
-        {"task": "sr4", "kind": "cnn", "recommended_eta": 0.4, "recommended_eta_size": 32, "recommended_start_strength": 0.7}))
+    (root / "op" / "model_card.json").write_text(
+        json.dumps(
+            {
+                "task": "sr4",
+                "kind": "cnn",
+                "recommended_eta": 0.4,
+                "recommended_eta_size": 32,
+                "recommended_start_strength": 0.7,
+            }
+        )
+    )
     x = random_images(1, (48, 48), seed=5)[0]
     Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(root / "photo.png")
     return root
@@ -47,12 +58,54 @@ def only(folder: Path, pattern: str = "*.json") -> Path:
 @pytest.mark.parametrize("method", method_names())
 def test_restore_evaluate_and_python_agree(files, tmp_path, method):
     common = ["--prior", str(files / "prior"), "--operator", str(files / "op"), "--no-progress", "--no-lpips"]
-    assert main(["restore", str(files / "photo.png"), "--simulate", "--task", "sr4", "--method", method,
-                 "--output-dir", str(tmp_path / "r"), *common]) == 0
-    assert main(["evaluate", str(files / "photo.png"), "--tasks", "sr4", "--methods", method, "--save", "image",
-                 "--no-fid", "--no-plots", "--output-dir", str(tmp_path / "e"), *common]) == 0
-    results = silo.restore(files / "photo.png", task="sr4", method=method, simulate=True, prior=files / "prior",
-                             operator=files / "op", output_dir=tmp_path / "p", show_progress=False, lpips=False)
+    assert (
+        main(
+            [
+                "restore",
+                str(files / "photo.png"),
+                "--simulate",
+                "--task",
+                "sr4",
+                "--method",
+                method,
+                "--output-dir",
+                str(tmp_path / "r"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                str(files / "photo.png"),
+                "--tasks",
+                "sr4",
+                "--methods",
+                method,
+                "--save",
+                "image",
+                "--no-fid",
+                "--no-plots",
+                "--output-dir",
+                str(tmp_path / "e"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    results = silo.restore(
+        files / "photo.png",
+        task="sr4",
+        method=method,
+        simulate=True,
+        prior=files / "prior",
+        operator=files / "op",
+        output_dir=tmp_path / "p",
+        show_progress=False,
+        lpips=False,
+    )
     assert len(results) == 1, [r.path for r in results]
     (result,) = results
     logs = [json.loads(p.read_text()) for p in (only(tmp_path / "r"), only(tmp_path / "e" / "runs"), result.path)]
@@ -60,8 +113,14 @@ def test_restore_evaluate_and_python_agree(files, tmp_path, method):
         assert log["settings"] == logs[0]["settings"] and log["setting_sources"] == logs[0]["setting_sources"]
         assert log["identity"]["key"] == logs[0]["identity"]["key"] and log["image_seed"] == logs[0]["image_seed"]
         assert log["metrics"]["psnr"] == pytest.approx(logs[0]["metrics"]["psnr"], abs=1e-9)
-    images = [np.asarray(Image.open(p)) for p in (only(tmp_path / "r", "*_s1000_????????.png"),
-                                                  only(tmp_path / "e" / "runs", "*.png"), result.path.with_suffix(".png"))]
+    images = [
+        np.asarray(Image.open(p))
+        for p in (
+            only(tmp_path / "r", "*_s1000_????????.png"),
+            only(tmp_path / "e" / "runs", "*.png"),
+            result.path.with_suffix(".png"),
+        )
+    ]
     assert all(np.array_equal(images[0], im) for im in images[1:])
     settings, sources = logs[0]["settings"], logs[0]["setting_sources"]
     if method != "naive":  # every method starts where SILO starts: the operator card's warm start, the prior's steps
@@ -72,8 +131,20 @@ def test_restore_evaluate_and_python_agree(files, tmp_path, method):
 
 
 def test_changed_settings_make_a_new_result_and_summarize_groups_them(files, tmp_path, capsys):
-    args = [str(files / "photo.png"), "--simulate", "--task", "sr4", "--prior", str(files / "prior"),
-            "--operator", str(files / "op"), "--no-progress", "--no-lpips", "--output-dir", str(tmp_path)]
+    args = [
+        str(files / "photo.png"),
+        "--simulate",
+        "--task",
+        "sr4",
+        "--prior",
+        str(files / "prior"),
+        "--operator",
+        str(files / "op"),
+        "--no-progress",
+        "--no-lpips",
+        "--output-dir",
+        str(tmp_path),
+    ]
     assert main(["restore", *args]) == 0
     assert main(["restore", *args]) == 0
     assert "restored 0, skipped 1" in capsys.readouterr().err
@@ -109,9 +180,14 @@ def test_nothing_outside_the_cli_imports_it():
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path.relative_to(SRC)}: {n}" for n in names if n == "silo.cli" or n.startswith("silo.cli.")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
+            offenders += [
+                f"{path.relative_to(SRC)}: {n}" for n in names if n == "silo.cli" or n.startswith("silo.cli.")
+            ]
     assert not [o for o in offenders if not o.startswith("__main__.py")], offenders
 
 
@@ -126,13 +202,16 @@ def test_every_method_starts_where_silo_starts_on_the_shipped_prior():
     task = load_task("sr4")
     setups = {m: build_setup(models, task, m, {}, {}) for m in ("silo", "silo_x0", "ldps")}
     assert setups["silo"].kind == "readout" and setups["silo_x0"].kind == "cnn"
-    starts = {m: (s.resolved.settings.start_strength, s.resolved.settings.steps, s.resolved.sources["start_strength"])
-              for m, s in setups.items()}
+    starts = {
+        m: (s.resolved.settings.start_strength, s.resolved.settings.steps, s.resolved.sources["start_strength"])
+        for m, s in setups.items()
+    }
     assert len(set(starts.values())) == 1, starts
 
 
-def test_results_come_back_in_input_order_and_a_failing_batch_costs_only_its_bad_image(files, tmp_path, monkeypatch,
-                                                                                      capsys):
+def test_results_come_back_in_input_order_and_a_failing_batch_costs_only_its_bad_image(
+    files, tmp_path, monkeypatch, capsys
+):
     import silo.pipeline
 
     x = torch.cat([random_images(1, (32, 32), seed=s) for s in (1, 2, 3)])
@@ -156,9 +235,22 @@ def test_results_come_back_in_input_order_and_a_failing_batch_costs_only_its_bad
 
 
 def test_a_scheduler_or_step_count_the_prior_cannot_take_is_one_error_before_work(files, tmp_path, capsys):
-    base = ["restore", str(files / "photo.png"), "--simulate", "--prior", str(files / "prior"), "--operator",
-            str(files / "op"), "--output-dir", str(tmp_path), "--no-progress"]
-    for extra, words in ((["--scheduler", "nope"], "unknown scheduler"), (["--steps", "5000"], "steps must be in 1..1000")):
+    base = [
+        "restore",
+        str(files / "photo.png"),
+        "--simulate",
+        "--prior",
+        str(files / "prior"),
+        "--operator",
+        str(files / "op"),
+        "--output-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    for extra, words in (
+        (["--scheduler", "nope"], "unknown scheduler"),
+        (["--steps", "5000"], "steps must be in 1..1000"),
+    ):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
@@ -166,8 +258,19 @@ def test_a_scheduler_or_step_count_the_prior_cannot_take_is_one_error_before_wor
 
 
 def test_restore_param_draws_skip_degradations_without_random_parameters(files, tmp_path):
-    args = ["restore", str(files / "photo.png"), "--simulate", "--prior", str(files / "prior"), "--method", "naive",
-            "--param-draws", "3", "--no-progress", "--no-lpips"]
+    args = [
+        "restore",
+        str(files / "photo.png"),
+        "--simulate",
+        "--prior",
+        str(files / "prior"),
+        "--method",
+        "naive",
+        "--param-draws",
+        "3",
+        "--no-progress",
+        "--no-lpips",
+    ]
     assert main([*args, "--task", "sr4", "--output-dir", str(tmp_path / "fixed")]) == 0
     assert len(list((tmp_path / "fixed").glob("*.json"))) == 1  # sr4 draws nothing at random: one result
     assert main([*args, "--task", "motion_blur", "--output-dir", str(tmp_path / "random")]) == 0

@@ -65,7 +65,10 @@ def full_inputs(prior, batch: int = 2, size: tuple[int, int] = (12, 16), seed: i
         features = [f.float() for f in hooks.features]
     mask = torch.ones(batch, 1, h * s, w * s)
     for i in range(batch):  # a different known region per image
-        top, left = int(torch.randint(0, h * s // 2, (1,), generator=g)), int(torch.randint(0, w * s // 2, (1,), generator=g))
+        top, left = (
+            int(torch.randint(0, h * s // 2, (1,), generator=g)),
+            int(torch.randint(0, w * s // 2, (1,), generator=g)),
+        )
         mask[i, :, top : top + h * s // 2, left : left + w * s // 2] = 0
     kernel = torch.rand(batch, 9, 9, generator=g)
     kernel = kernel / kernel.sum((1, 2), keepdim=True)
@@ -75,8 +78,14 @@ def full_inputs(prior, batch: int = 2, size: tuple[int, int] = (12, 16), seed: i
 def image(inputs: OperatorInputs, i: int) -> OperatorInputs:
     """The inputs of image ``i`` alone."""
     one = slice(i, i + 1)
-    return OperatorInputs(z0=inputs.z0[one], features=[f[one] for f in inputs.features], noise_sigma=inputs.noise_sigma,
-                          mask=inputs.mask[one], kernel=inputs.kernel[one], latent_size=inputs.latent_size)
+    return OperatorInputs(
+        z0=inputs.z0[one],
+        features=[f[one] for f in inputs.features],
+        noise_sigma=inputs.noise_sigma,
+        mask=inputs.mask[one],
+        kernel=inputs.kernel[one],
+        latent_size=inputs.latent_size,
+    )
 
 
 def run(op, inputs: OperatorInputs, prior) -> torch.Tensor:
@@ -195,8 +204,10 @@ def test_the_cli_reads_the_registry_only_when_needed():
     import subprocess
     import sys
 
-    code = ("import sys; from silo.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'silo.operators') if m in sys.modules))")
+    code = (
+        "import sys; from silo.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'silo.operators') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -207,8 +218,9 @@ def test_trainable_kinds_are_accepted_by_training_and_the_cli(tiny_prior, kind):
     from silo.training.operator import TrainOperatorConfig
 
     TrainOperatorConfig(prior="p", output="o", kind=kind, task="sr4").check()
-    args = build_parser().parse_args(["train-operator", "--prior", "p", "--task", "sr4", "--data", "d",
-                                      "--output-dir", "o", "--operator-kind", kind])
+    args = build_parser().parse_args(
+        ["train-operator", "--prior", "p", "--task", "sr4", "--data", "d", "--output-dir", "o", "--operator-kind", kind]
+    )
     assert args.operator_kind == kind
     op = OPERATOR_CLASSES[kind].for_prior(tiny_prior, norm_size=NORM_SIZE)
     names = [name for name, _ in op.named_parameters()]

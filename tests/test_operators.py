@@ -27,8 +27,14 @@ FEATS = [64, 64, 32]
 
 
 def small_readout(**kwargs) -> ReadoutOperator:
-    return ReadoutOperator(embedding_dim=EMB, feature_channels=FEATS, bottleneck_channels=32, projection_dim=64,
-                           head_channels=(32, 16), **kwargs)
+    return ReadoutOperator(
+        embedding_dim=EMB,
+        feature_channels=FEATS,
+        bottleneck_channels=32,
+        projection_dim=64,
+        head_channels=(32, 16),
+        **kwargs,
+    )
 
 
 def make(kind: str, **kwargs):
@@ -68,14 +74,22 @@ def test_class_attributes(kind):
     assert cls.uses_unet_sigma_embedding == (kind != "preserve")
 
 
-@pytest.mark.parametrize("kind, kwargs", [("cnn", {}), ("readout", {"mask_channel": True}), ("preserve", {}),
-                                          ("cnn", {"latent_channels": 16, "sigma_conditioned": False})])
+@pytest.mark.parametrize(
+    "kind, kwargs",
+    [
+        ("cnn", {}),
+        ("readout", {"mask_channel": True}),
+        ("preserve", {}),
+        ("cnn", {"latent_channels": 16, "sigma_conditioned": False}),
+    ],
+)
 def test_save_pretrained_round_trip(kind, kwargs, tmp_path):
     op = make(kind, **kwargs)
     op.save_pretrained(tmp_path / "op")
     assert (tmp_path / "op" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = load_operator(tmp_path / "op")
     assert type(loaded) is type(op) and not loaded.training
+
     def public(cfg) -> str:  # tuples come back as lists
         return json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")}, sort_keys=True)
 
@@ -87,8 +101,9 @@ def test_save_pretrained_round_trip(kind, kwargs, tmp_path):
     assert torch.allclose(call(again, 16, 16), call(op, 16, 16), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind, kwargs", [("cnn", {}), ("readout", {}), ("readout", {"mask_channel": True}),
-                                          ("preserve", {})])
+@pytest.mark.parametrize(
+    "kind, kwargs", [("cnn", {}), ("readout", {}), ("readout", {"mask_channel": True}), ("preserve", {})]
+)
 @pytest.mark.parametrize("size", [(64, 64), (32, 32), (40, 24), (9, 13)])
 def test_any_latent_size(kind, kwargs, size):
     out = call(make(kind, **kwargs), *size)
@@ -115,8 +130,9 @@ def test_batch_equals_single(kind, kwargs):
             feats = [torch.randn(3, c, 24 // s, 16 // s, generator=g) for c, s in zip(FEATS, (4, 2, 1))]
             mask = torch.ones(3, 1, 192, 128)
             mask[..., :96, :64] = 0
-            singles = [op([f[i : i + 1] for f in feats], emb[i : i + 1], mask=mask[i : i + 1], size=(24, 16))
-                       for i in range(3)]
+            singles = [
+                op([f[i : i + 1] for f in feats], emb[i : i + 1], mask=mask[i : i + 1], size=(24, 16)) for i in range(3)
+            ]
     assert torch.allclose(batch, torch.cat(singles), atol=1e-5)
 
 
@@ -156,19 +172,34 @@ def tiny_unet2d():
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                       layers_per_block=1, norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    return UNet2DModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
 
 
 def tiny_unet2d_condition():
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, attention_head_dim=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
 
 
 def run_unet(unet, z):
@@ -209,8 +240,13 @@ def test_feature_hooks_removed_on_error():
 def test_readout_on_hooked_unet_features_backpropagates_to_latent():
     unet = tiny_unet2d_condition()
     emb_dim = unet.time_embedding.linear_2.out_features
-    op = ReadoutOperator(embedding_dim=emb_dim, feature_channels=feature_channels(unet), bottleneck_channels=32,
-                         projection_dim=64, head_channels=(32, 16))
+    op = ReadoutOperator(
+        embedding_dim=emb_dim,
+        feature_channels=feature_channels(unet),
+        bottleneck_channels=32,
+        projection_dim=64,
+        head_channels=(32, 16),
+    )
     check_compatible(op, 4, emb_dim, feature_channels(unet))
     z = torch.randn(1, 4, 16, 16, requires_grad=True)
     with UNetFeatureHooks(unet) as hooks:
@@ -362,7 +398,7 @@ def test_latent_blur_follows_the_pixel_blur_on_the_latent_grid():
         target = F.avg_pool2d(blur(x, k), 4)
         pooled = F.avg_pool2d(x, 4)
 
-        def err(kernel):
+        def err(kernel, pooled=pooled, target=target):
             return float((latent_blur(pooled, kernel, 4) - target).norm() / target.norm())
 
         assert err(k) < 0.7 * min(err(k.flip(-1, -2)), err(k.t())), seed  # measured: 0.20-0.25 vs 0.32-0.56
@@ -374,8 +410,11 @@ def test_apply_keeps_the_samplers_error_lines():
 
     z = torch.randn(1, 4, 8, 8)
     aware = CNNOperator(embedding_dim=EMB, blur_kernel_scale=4).eval()
-    with pytest.raises(SiloError, match=r"^CNNOperator is kernel-aware, but this problem has no blur kernel \(a blur "
-                                        r"task with --kernel, or a seeded random kernel\)$"):
+    with pytest.raises(
+        SiloError,
+        match=r"^CNNOperator is kernel-aware, but this problem has no blur kernel \(a blur "
+        r"task with --kernel, or a seeded random kernel\)$",
+    ):
         aware.apply(OperatorInputs(z0=z, noise_sigma=0.01), None)
     readout = make("readout", mask_channel=True)
     feats = [torch.randn(1, c, 8, 8) for c in FEATS]

@@ -27,18 +27,41 @@ def test_save_and_load_a_local_diffusers_folder(tmp_path, conditional):
 
 
 def test_restore_with_a_text_conditioned_prior_and_prompt(tmp_path):
+    import numpy as np
+    from PIL import Image
+
     from silo.cli import main
     from silo.operators import CNNOperator
-    from PIL import Image
-    import numpy as np
 
     prior = tiny_prior(conditional=True)
     prior.save_pretrained(tmp_path / "p")
-    CNNOperator(latent_channels=4, embedding_dim=prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=8).save_pretrained(tmp_path / "op")
+    CNNOperator(
+        latent_channels=4, embedding_dim=prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=8
+    ).save_pretrained(tmp_path / "op")
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "x.png")
-    rc = main(["restore", str(tmp_path / "x.png"), "--simulate", "--task", "sr4", "--prior", str(tmp_path / "p"),
-               "--operator", str(tmp_path / "op"), "--steps", "2", "--prompt", "a face", "--guidance-scale", "2",
-               "--cfg-fix", "--no-progress", "--output-dir", str(tmp_path / "o")])
+    rc = main(
+        [
+            "restore",
+            str(tmp_path / "x.png"),
+            "--simulate",
+            "--task",
+            "sr4",
+            "--prior",
+            str(tmp_path / "p"),
+            "--operator",
+            str(tmp_path / "op"),
+            "--steps",
+            "2",
+            "--prompt",
+            "a face",
+            "--guidance-scale",
+            "2",
+            "--cfg-fix",
+            "--no-progress",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 0
     assert len(list((tmp_path / "o").glob("x_sr4_silo_s1000_*.json"))) == 1
 

@@ -25,9 +25,12 @@ REFERENCE = Path(__file__).resolve().parent / "data" / "published"  # scripts/ma
 KEYS_FILE = REFERENCE / "silo-checkpoint-keys.json"
 GOLDEN_FILE = REFERENCE / "silo-checkpoint-golden.safetensors"
 FEATURE_CHANNELS = [1280] * 6 + [640] * 3 + [320] * 3
-EXPECTED_KIND = {"cnn_sigma_layernorm": "cnn", "rg_sigma": "readout", "rg_sigma_condinpaint": "readout",
-                 "preserve_ldn": "preserve"}
-
+EXPECTED_KIND = {
+    "cnn_sigma_layernorm": "cnn",
+    "rg_sigma": "readout",
+    "rg_sigma_condinpaint": "readout",
+    "preserve_ldn": "preserve",
+}
 
 
 def recipe_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -122,7 +125,7 @@ def test_kind_mismatch_is_refused(tmp_path):
 
 
 def test_convert_checkpoint_operator_kind_comes_from_the_registry(tmp_path, capsys):
-    """--operator-kind takes the kinds of OPERATOR_CLASSES (listed in the help), and a file of another kind is refused."""
+    """--operator-kind takes the kinds of OPERATOR_CLASSES (listed in the help); a file of another kind is refused."""
     from silo.cli import build_parser
     from silo.operators import OPERATOR_CLASSES
 

@@ -12,7 +12,6 @@ from PIL import Image
 from silo.cli import main
 from silo.degradations import list_tasks
 from silo.testing import random_images, tiny_prior
-from silo.errors import SiloError
 
 SIZE = 64  # blur tasks use 61x61 kernels with reflection padding: images need more than 30 px a side
 
@@ -28,13 +27,22 @@ def models(tmp_path_factory):
     torch.manual_seed(0)
     small = dict(latent_channels=4, embedding_dim=prior.embedding_dim)
     CNNOperator(**small, channels=(8, 8, 8, 8), norm_size=16).save_pretrained(root / "cnn")
-    readout = dict(feature_channels=feature_channels(prior.unet), bottleneck_channels=8, projection_dim=16,
-                   norm_groups=4, head_channels=(8, 8), norm_size=16)
+    readout = dict(
+        feature_channels=feature_channels(prior.unet),
+        bottleneck_channels=8,
+        projection_dim=16,
+        norm_groups=4,
+        head_channels=(8, 8),
+        norm_size=16,
+    )
     ReadoutOperator(**small, **readout).save_pretrained(root / "readout")
     ReadoutOperator(**small, **readout, mask_channel=True).save_pretrained(root / "readout-mask")
-    CNNOperator(latent_channels=8, embedding_dim=prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=16).save_pretrained(root / "cnn-8ch")
-    CNNOperator(**small, channels=(8, 8, 8, 8), norm_size=16, residual=True,
-                blur_kernel_scale=prior.vae_scale).save_pretrained(root / "cnn-kernel")
+    CNNOperator(
+        latent_channels=8, embedding_dim=prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=16
+    ).save_pretrained(root / "cnn-8ch")
+    CNNOperator(
+        **small, channels=(8, 8, 8, 8), norm_size=16, residual=True, blur_kernel_scale=prior.vae_scale
+    ).save_pretrained(root / "cnn-kernel")
     nan = CNNOperator(**small, channels=(8, 8, 8, 8), norm_size=16)
     with torch.no_grad():
         nan.processing[-1].bias.fill_(float("nan"))
@@ -63,7 +71,11 @@ def outputs(folder: Path) -> list[str]:
     """File names with the identity key taken out (``NAME_TASK_METHOD_sSEED_KEY.png`` -> ``..._sSEED.png``)."""
     import re
 
-    names = [re.sub(r"_[0-9a-f]{8}(?=(_grid)?\.(png|json)$)", "", p.name) for p in folder.iterdir()] if folder.exists() else []
+    names = (
+        [re.sub(r"_[0-9a-f]{8}(?=(_grid)?\.(png|json)$)", "", p.name) for p in folder.iterdir()]
+        if folder.exists()
+        else []
+    )
     return sorted(names)
 
 
@@ -78,7 +90,9 @@ def one(folder: Path, prefix: str, suffix: str = ".json") -> Path:
 @pytest.mark.parametrize("task", list_tasks())
 def test_every_task_and_operator_kind_simulated(models, photos, tmp_path, task, kind):
     op = "readout-mask" if (kind == "readout" and task == "inpaint_random") else kind
-    rc = run(models, str(photos / "photo0.png"), "--simulate", "--task", task, "--output-dir", str(tmp_path), operator=op)
+    rc = run(
+        models, str(photos / "photo0.png"), "--simulate", "--task", task, "--output-dir", str(tmp_path), operator=op
+    )
     assert rc == 0
     stem = f"photo0_{task}_silo_s1000"
     assert outputs(tmp_path) == sorted([f"{stem}.json", f"{stem}.png", f"{stem}_grid.png"])
@@ -104,7 +118,12 @@ def test_rerun_skips_finished_and_never_overwrites(models, photos, tmp_path):
 
 
 def test_batch_of_two_matches_single_runs(models, photos, tmp_path):
-    assert run(models, str(photos), "--simulate", "--task", "sr4", "--batch-size", "2", "--output-dir", str(tmp_path / "b")) == 0
+    assert (
+        run(
+            models, str(photos), "--simulate", "--task", "sr4", "--batch-size", "2", "--output-dir", str(tmp_path / "b")
+        )
+        == 0
+    )
     assert run(models, str(photos), "--simulate", "--task", "sr4", "--output-dir", str(tmp_path / "s")) == 0
     for name in ("photo0", "photo1"):
         a = np.asarray(Image.open(one(tmp_path / "b", f"{name}_sr4_silo_s1000", ".png")), dtype=np.int16)
@@ -124,7 +143,7 @@ def test_measurement_mode_upscales_a_low_resolution_photo(models, tmp_path):
 
 def test_measurement_mode_inpainting_needs_a_mask_of_the_right_size(models, photos, tmp_path, capsys):
     img = str(photos / "photo0.png")
-    assert run(models, img, "--task", "inpaint_center", "--output-dir", str(tmp_path / "a")) == 1
+    assert run(models, img, "--task", "inpaint_center", "--output-dir", str(tmp_path / "a")) == 2
     assert "needs --mask" in capsys.readouterr().err
     mask = tmp_path / "mask.png"
     Image.fromarray(np.full((32, 32), 255, np.uint8)).save(mask)
@@ -142,7 +161,19 @@ def test_measurement_mode_blur_with_known_kernel(models, photos, tmp_path):
     k = np.zeros((9, 9))
     k[4, 2:7] = 1
     np.save(kernel, k)
-    assert run(models, str(photos / "photo0.png"), "--task", "motion_blur", "--kernel", str(kernel), "--output-dir", str(tmp_path / "o")) == 0
+    assert (
+        run(
+            models,
+            str(photos / "photo0.png"),
+            "--task",
+            "motion_blur",
+            "--kernel",
+            str(kernel),
+            "--output-dir",
+            str(tmp_path / "o"),
+        )
+        == 0
+    )
 
 
 def test_kernel_aware_operator_reads_the_given_kernel(models, photos, tmp_path):
@@ -158,8 +189,22 @@ def test_kernel_aware_operator_reads_the_given_kernel(models, photos, tmp_path):
         images = []
         for i, kernel in enumerate(kernels):
             out = tmp_path / f"{operator}-{i}"
-            assert run(models, str(photos / "photo0.png"), "--task", "motion_blur", "--kernel", str(kernel),
-                       "--output-dir", str(out), "--seed", "3", operator=operator) == 0
+            assert (
+                run(
+                    models,
+                    str(photos / "photo0.png"),
+                    "--task",
+                    "motion_blur",
+                    "--kernel",
+                    str(kernel),
+                    "--output-dir",
+                    str(out),
+                    "--seed",
+                    "3",
+                    operator=operator,
+                )
+                == 0
+            )
             (png,) = [p for p in out.rglob("*.png") if "grid" not in p.name]
             images.append(np.asarray(Image.open(png)))
         assert (not np.array_equal(*images)) == differs, operator
@@ -181,7 +226,7 @@ def _save_bad_inputs(folder: Path) -> dict[str, Path]:
     files["rgba"] = folder / "rgba.png"
     Image.fromarray(np.dstack([rgb, np.full((SIZE, SIZE), 128, np.uint8)])).save(files["rgba"])
     files["16bit"] = folder / "deep.png"
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(files["16bit"])
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(files["16bit"])
     files["cmyk"] = folder / "cmyk.jpg"
     Image.fromarray(rgb).convert("CMYK").save(files["cmyk"])
     return files
@@ -193,7 +238,9 @@ def test_bad_images_each_get_one_clear_error_and_the_good_one_still_runs(models,
     rc = run(models, str(tmp_path / "in"), "--simulate", "--task", "sr4", "--output-dir", str(out))
     err = capsys.readouterr().err
     assert rc == 1
-    assert outputs(out) == sorted(["good_sr4_silo_s1000.json", "good_sr4_silo_s1000.png", "good_sr4_silo_s1000_grid.png"])
+    assert outputs(out) == sorted(
+        ["good_sr4_silo_s1000.json", "good_sr4_silo_s1000.png", "good_sr4_silo_s1000_grid.png"]
+    )
     assert "truncated.png: unreadable or truncated image" in err
     assert "notimage.png: not a readable image" in err
     assert "grey.png: greyscale image" in err and "--convert-rgb" in err
@@ -201,8 +248,19 @@ def test_bad_images_each_get_one_clear_error_and_the_good_one_still_runs(models,
     assert "deep.png: 16-bit greyscale image" in err
     assert "cmyk.jpg: CMYK image" in err
     # with --convert-rgb the convertible ones run
-    rc = run(models, str(files["grey"]), str(files["rgba"]), str(files["16bit"]), str(files["cmyk"]), "--convert-rgb",
-             "--simulate", "--task", "sr4", "--output-dir", str(tmp_path / "conv"))
+    rc = run(
+        models,
+        str(files["grey"]),
+        str(files["rgba"]),
+        str(files["16bit"]),
+        str(files["cmyk"]),
+        "--convert-rgb",
+        "--simulate",
+        "--task",
+        "sr4",
+        "--output-dir",
+        str(tmp_path / "conv"),
+    )
     assert rc == 0 and len(outputs(tmp_path / "conv")) == 12
 
 
@@ -245,8 +303,19 @@ def test_configuration_errors_are_one_line(models, photos, tmp_path, capsys, arg
 
 
 def test_preset_with_missing_published_file_says_where(models, photos, tmp_path, capsys):
-    rc = main(["restore", "--preset", "rg-ffhq-sr4", "--weights-dir", str(tmp_path / "ckpt"), str(photos / "photo0.png"),
-               "--simulate", "--output-dir", str(tmp_path / "o")])
+    rc = main(
+        [
+            "restore",
+            "--preset",
+            "rg-ffhq-sr4",
+            "--weights-dir",
+            str(tmp_path / "ckpt"),
+            str(photos / "photo0.png"),
+            "--simulate",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and str(tmp_path / "ckpt" / "rg_ffhq_sr_4.pt") in err
 
@@ -264,19 +333,51 @@ def test_dataset_input_with_index_selection(models, tmp_path):
     imgs = [Image.fromarray(np.full((SIZE, SIZE, 3), 40 * i, np.uint8)) for i in range(4)]
     ds = datasets.Dataset.from_dict({"image": imgs}, features=datasets.Features({"image": datasets.Image()}))
     ds.save_to_disk(str(tmp_path / "ds"))
-    rc = run(models, "--dataset", str(tmp_path / "ds"), "--list", "1,3", "--simulate", "--task", "sr8", "--save", "image",
-             "--output-dir", str(tmp_path / "o"))
+    rc = run(
+        models,
+        "--dataset",
+        str(tmp_path / "ds"),
+        "--list",
+        "1,3",
+        "--simulate",
+        "--task",
+        "sr8",
+        "--save",
+        "image",
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert rc == 0
-    assert outputs(tmp_path / "o") == ["ds_00001_sr8_silo_s1000.json", "ds_00001_sr8_silo_s1000.png",
-                                       "ds_00003_sr8_silo_s1000.json", "ds_00003_sr8_silo_s1000.png"]
+    assert outputs(tmp_path / "o") == [
+        "ds_00001_sr8_silo_s1000.json",
+        "ds_00001_sr8_silo_s1000.png",
+        "ds_00003_sr8_silo_s1000.json",
+        "ds_00003_sr8_silo_s1000.png",
+    ]
 
 
 def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["restore", "--help"])
     text = capsys.readouterr().out
-    for opt in ("--simulate", "--example", "--dataset", "--preset", "--prior", "--operator", "--steps", "--eta",
-                "--guidance-scale", "--cfg-fix", "--seed", "--deterministic", "--batch-size", "--save", "--mask", "--kernel"):
+    for opt in (
+        "--simulate",
+        "--example",
+        "--dataset",
+        "--preset",
+        "--prior",
+        "--operator",
+        "--steps",
+        "--eta",
+        "--guidance-scale",
+        "--cfg-fix",
+        "--seed",
+        "--deterministic",
+        "--batch-size",
+        "--save",
+        "--mask",
+        "--kernel",
+    ):
         assert opt in text
 
 
@@ -289,8 +390,24 @@ def test_preset_runs_a_published_format_file_with_the_scripts_settings(models, p
     weights.mkdir()
     op = load_operator(models / "cnn")
     torch.save(dict(op.state_dict()), weights / "cnn_ffhq_sr_8.pt")
-    rc = main(["restore", "--preset", "cnn-ffhq-sr8", "--weights-dir", str(weights), "--prior", str(models / "prior"),
-               "--steps", "2", "--no-progress", str(photos / "photo0.png"), "--simulate", "--output-dir", str(tmp_path / "o")])
+    rc = main(
+        [
+            "restore",
+            "--preset",
+            "cnn-ffhq-sr8",
+            "--weights-dir",
+            str(weights),
+            "--prior",
+            str(models / "prior"),
+            "--steps",
+            "2",
+            "--no-progress",
+            str(photos / "photo0.png"),
+            "--simulate",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 0
     log = json.loads((one(tmp_path / "o", "photo0_sr8_silo_s1000", ".json")).read_text())
     assert log["preset"] == "cnn-ffhq-sr8" and log["task"]["name"] == "sr8"
@@ -322,27 +439,67 @@ def test_measurement_mode_pad_for_super_resolution(models, tmp_path):
 def test_simulate_refuses_mask_and_kernel(models, photos, tmp_path, capsys):
     mask = tmp_path / "m.png"
     Image.fromarray(np.full((SIZE, SIZE), 255, np.uint8)).save(mask)
-    rc = run(models, str(photos / "photo0.png"), "--simulate", "--task", "inpaint_center", "--mask", str(mask),
-             "--output-dir", str(tmp_path / "o"))
+    rc = run(
+        models,
+        str(photos / "photo0.png"),
+        "--simulate",
+        "--task",
+        "inpaint_center",
+        "--mask",
+        str(mask),
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert rc == 2 and "with --simulate the task draws its own" in capsys.readouterr().err
 
 
 def test_user_degradation_from_a_python_file(models, photos, tmp_path):
     mod = tmp_path / "mydeg.py"
     mod.write_text("import torch\n\ndef darken(x):\n    return 0.5 * x - 0.2\n")
-    rc = run(models, str(photos / "photo0.png"), "--simulate", "--degradation", f"{mod}:darken", "--noise-sigma", "0.01",
-             "--output-dir", str(tmp_path / "o"))
+    rc = run(
+        models,
+        str(photos / "photo0.png"),
+        "--simulate",
+        "--degradation",
+        f"{mod}:darken",
+        "--noise-sigma",
+        "0.01",
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert rc == 0
-    log = json.loads((one(tmp_path / "o", "photo0_user-mydeg_silo_s1000", ".json")).read_text())
+    log = json.loads((one(tmp_path / "o", "photo0_user-mydeg-darken_silo_s1000", ".json")).read_text())
     assert log["task"]["source"] == f"{mod}:darken" and log["task"]["noise_sigma"] == 0.01
 
 
 def test_peer_methods_with_options_through_restore(models, photos, tmp_path, capsys):
-    rc = run(models, str(photos / "photo0.png"), "--simulate", "--task", "sr4", "--method", "ldps", "--method-option",
-             "zeta=0.5", "--output-dir", str(tmp_path / "o"), operator=None)
+    rc = run(
+        models,
+        str(photos / "photo0.png"),
+        "--simulate",
+        "--task",
+        "sr4",
+        "--method",
+        "ldps",
+        "--method-option",
+        "zeta=0.5",
+        "--output-dir",
+        str(tmp_path / "o"),
+        operator=None,
+    )
     assert rc == 0
     log = json.loads((one(tmp_path / "o", "photo0_sr4_ldps-zeta0.5_s1000", ".json")).read_text())
     assert log["method"] == "ldps" and log["method_options"] == {"zeta": 0.5} and log["operator"] is None
-    rc = run(models, str(photos / "photo0.png"), "--simulate", "--method", "ldps", "--method-option", "gamma=1",
-             "--output-dir", str(tmp_path / "p"), operator=None)
+    rc = run(
+        models,
+        str(photos / "photo0.png"),
+        "--simulate",
+        "--method",
+        "ldps",
+        "--method-option",
+        "gamma=1",
+        "--output-dir",
+        str(tmp_path / "p"),
+        operator=None,
+    )
     assert rc == 2 and "no selected method takes 'gamma'" in capsys.readouterr().err

@@ -68,8 +68,16 @@ def test_guidance_moves_latents_toward_the_measurement(tiny_prior, operator):
         seen = []
         task = load_task("identity")
         settings = SamplerSettings(steps=8, eta=eta)
-        restore(tiny_prior, task, settings, [3], reference=x, operator=operator,
-                callback=lambda info: seen.append(float(info["loss"][0])), show_progress=False)
+        restore(
+            tiny_prior,
+            task,
+            settings,
+            [3],
+            reference=x,
+            operator=operator,
+            callback=lambda info, seen=seen: seen.append(float(info["loss"][0])),
+            show_progress=False,
+        )
         losses[eta] = seen
     assert len(losses[0.0]) == 8
     assert losses[2.0][-1] < losses[0.0][-1], "guided sampling ends closer to the encoded measurement"
@@ -146,8 +154,16 @@ def test_readout_operator_batch_equals_single(tiny_prior):
     from silo.operators.features import feature_channels
 
     torch.manual_seed(0)
-    op = ReadoutOperator(latent_channels=4, embedding_dim=tiny_prior.embedding_dim, feature_channels=feature_channels(tiny_prior.unet),
-                         bottleneck_channels=8, projection_dim=16, norm_groups=4, head_channels=(8, 8), norm_size=8).eval()
+    op = ReadoutOperator(
+        latent_channels=4,
+        embedding_dim=tiny_prior.embedding_dim,
+        feature_channels=feature_channels(tiny_prior.unet),
+        bottleneck_channels=8,
+        projection_dim=16,
+        norm_groups=4,
+        head_channels=(8, 8),
+        norm_size=8,
+    ).eval()
     x = random_images(2, (32, 32), seed=11)
     batch = _run(tiny_prior, op, x, [5, 6], steps=3)
     for i, s in enumerate([5, 6]):
@@ -163,8 +179,12 @@ def test_measurement_inpainting_ignores_what_the_hole_holds(tiny_prior, operator
     holey = x * params["mask"]
     garbage = holey + (1 - params["mask"]) * 0.7
     settings = SamplerSettings(steps=3)
-    a = restore(tiny_prior, task, settings, [1], measurement=holey, params=params, operator=operator, show_progress=False)
-    b = restore(tiny_prior, task, settings, [1], measurement=garbage, params=params, operator=operator, show_progress=False)
+    a = restore(
+        tiny_prior, task, settings, [1], measurement=holey, params=params, operator=operator, show_progress=False
+    )
+    b = restore(
+        tiny_prior, task, settings, [1], measurement=garbage, params=params, operator=operator, show_progress=False
+    )
     torch.testing.assert_close(a.output, b.output)
 
 
@@ -174,8 +194,17 @@ def test_pad_samples_at_a_valid_size_and_crops_back(tiny_prior, operator):
     with pytest.raises(SiloError, match="--pad"):
         restore(tiny_prior, task, SamplerSettings(steps=2), [1], measurement=y, operator=operator, show_progress=False)
     sizes = []
-    res = restore(tiny_prior, task, SamplerSettings(steps=2), [1], measurement=y, operator=operator, show_progress=False,
-                  pad=True, callback=lambda info: sizes.append(tuple(info["z"].shape[-2:])))
+    res = restore(
+        tiny_prior,
+        task,
+        SamplerSettings(steps=2),
+        [1],
+        measurement=y,
+        operator=operator,
+        show_progress=False,
+        pad=True,
+        callback=lambda info: sizes.append(tuple(info["z"].shape[-2:])),
+    )
     assert res.output.shape[-2:] == (28, 36) and res.a_output.shape[-2:] == (7, 9)
     assert sizes[0] == (8, 10), "sampled at 32x40 (latent 8x10), the padded size"
 
@@ -187,16 +216,32 @@ def test_warm_start_runs_the_last_part_of_the_schedule(tiny_prior, operator, met
     task = load_task("sr4")
     seen = []
     settings = SamplerSettings(steps=10, eta=0.5, start_strength=0.3)
-    res = restore(tiny_prior, task, settings, [5], reference=x, method=method, show_progress=False,
-                  operator=operator if method.startswith("silo") else None,
-                  callback=lambda info: seen.append(int(info["t"])))
+    res = restore(
+        tiny_prior,
+        task,
+        settings,
+        [5],
+        reference=x,
+        method=method,
+        show_progress=False,
+        operator=operator if method.startswith("silo") else None,
+        callback=lambda info, seen=seen: seen.append(int(info["t"])),
+    )
     full = SamplerSettings(steps=10)
     from silo.samplers.context import make_scheduler
 
     timesteps = [int(t) for t in make_scheduler(tiny_prior, full).timesteps]
     assert seen == timesteps[-3:] and res.steps == settings.steps_run == 3
-    cold = restore(tiny_prior, task, SamplerSettings(steps=10, eta=0.5), [5], reference=x, method=method,
-                   operator=operator if method.startswith("silo") else None, show_progress=False)
+    cold = restore(
+        tiny_prior,
+        task,
+        SamplerSettings(steps=10, eta=0.5),
+        [5],
+        reference=x,
+        method=method,
+        operator=operator if method.startswith("silo") else None,
+        show_progress=False,
+    )
     assert cold.steps == 10 and not torch.allclose(cold.output, res.output)
 
 
@@ -208,8 +253,16 @@ def test_warm_start_keeps_the_measurement_where_the_noise_is_small(tiny_prior):
     for strength in (0.05, 1.0):
         seen = []
         settings = SamplerSettings(steps=40, eta=0.0, start_strength=strength, scheduler="ddim")
-        restore(tiny_prior, task, settings, [1, 2], reference=x, operator=LatentConv().eval(), show_progress=False,
-                callback=lambda info: seen.append(info["z"]))
+        restore(
+            tiny_prior,
+            task,
+            settings,
+            [1, 2],
+            reference=x,
+            operator=LatentConv().eval(),
+            show_progress=False,
+            callback=lambda info, seen=seen: seen.append(info["z"]),
+        )
         with torch.no_grad():
             w = tiny_prior.encode(x, sample=False)
         ends[strength] = (seen[-1] - w).flatten(1).norm(dim=1).mean().item()
@@ -220,8 +273,15 @@ def test_warm_start_keeps_the_measurement_where_the_noise_is_small(tiny_prior):
 def test_bad_start_strength_is_a_clear_error(tiny_prior, operator, strength):
     x = random_images(1, (32, 32), seed=11)
     with pytest.raises(SiloError, match="start_strength"):
-        restore(tiny_prior, load_task("sr4"), SamplerSettings(steps=4, start_strength=strength), [1], reference=x,
-                operator=operator, show_progress=False)
+        restore(
+            tiny_prior,
+            load_task("sr4"),
+            SamplerSettings(steps=4, start_strength=strength),
+            [1],
+            reference=x,
+            operator=operator,
+            show_progress=False,
+        )
 
 
 def test_eta_reference_size_scales_the_step_with_the_image_side(tiny_prior, operator):
@@ -231,13 +291,16 @@ def test_eta_reference_size_scales_the_step_with_the_image_side(tiny_prior, oper
 
     def run(eta, size):
         settings = SamplerSettings(steps=4, eta=eta, eta_reference_size=size, deterministic=True)
-        return restore(tiny_prior, task, settings, [5], reference=x, operator=operator, param_seeds=[5],
-                       show_progress=False).output
+        return restore(
+            tiny_prior, task, settings, [5], reference=x, operator=operator, param_seeds=[5], show_progress=False
+        ).output
 
     torch.testing.assert_close(run(0.5, 16), run(1.0, None))
     torch.testing.assert_close(run(0.5, 32), run(0.5, None))
     assert not torch.allclose(run(0.5, 16), run(0.5, None))
-    assert SamplerSettings(eta=2.0, eta_reference_size=64).guidance_eta(256, 128) == pytest.approx(2.0 * 181.019 / 64, rel=1e-4)
+    assert SamplerSettings(eta=2.0, eta_reference_size=64).guidance_eta(256, 128) == pytest.approx(
+        2.0 * 181.019 / 64, rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("method", ["silo", "silo_x0"])
@@ -246,8 +309,18 @@ def test_kernel_aware_operator_reads_each_images_kernel(tiny_prior, method):
     from silo.operators import CNNOperator
 
     torch.manual_seed(0)
-    op = CNNOperator(latent_channels=4, embedding_dim=tiny_prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=8,
-                     residual=True, blur_kernel_scale=tiny_prior.vae_scale).eval().requires_grad_(False)
+    op = (
+        CNNOperator(
+            latent_channels=4,
+            embedding_dim=tiny_prior.embedding_dim,
+            channels=(8, 8, 8, 8),
+            norm_size=8,
+            residual=True,
+            blur_kernel_scale=tiny_prior.vae_scale,
+        )
+        .eval()
+        .requires_grad_(False)
+    )
     seen = []
     op.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["kernel"]), with_kwargs=True)
     task = load_task("motion_blur")
@@ -261,11 +334,14 @@ def test_kernel_aware_operator_reads_each_images_kernel(tiny_prior, method):
 
 
 def test_kernel_aware_operator_is_refused_for_a_task_without_a_kernel(tiny_prior, tmp_path):
-    from silo.runs.models import load_task_operator
     from silo.operators import CNNOperator
+    from silo.runs.models import load_task_operator
 
-    CNNOperator(latent_channels=4, embedding_dim=tiny_prior.embedding_dim, blur_kernel_scale=tiny_prior.vae_scale
-                ).save_pretrained(tmp_path / "op")
+    CNNOperator(
+        latent_channels=4, embedding_dim=tiny_prior.embedding_dim, blur_kernel_scale=tiny_prior.vae_scale
+    ).save_pretrained(tmp_path / "op")
     with pytest.raises(SiloError, match="kernel-aware .* but the task sr4 has none"):
         load_task_operator(tmp_path / "op", "cnn", tiny_prior, load_task("sr4"), tiny_prior.device)
-    assert load_task_operator(tmp_path / "op", "cnn", tiny_prior, load_task("motion_blur"), tiny_prior.device).needs_blur_kernel
+    assert load_task_operator(
+        tmp_path / "op", "cnn", tiny_prior, load_task("motion_blur"), tiny_prior.device
+    ).needs_blur_kernel

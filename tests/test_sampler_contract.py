@@ -14,7 +14,6 @@ from silo.samplers.common import check_finite, predict, predict_x0
 from silo.samplers.registry import SAMPLERS, register_sampler
 from silo.testing import check_sampler_contract, contract_operator, random_images
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -32,11 +31,16 @@ def toy(ctx, operator=None, callback=None, *, pull: float = 0.1):
             z0_hat = predict_x0(ctx.scheduler, guided, t, z)
             z0 = z0_hat + pull * (ctx.w - z0_hat)
             check_finite(z0, i, "the latents")
-            eps = (z - ctx.scheduler.alphas_cumprod[int(t)].sqrt() * z0) / (1 - ctx.scheduler.alphas_cumprod[int(t)]).sqrt()
-            z = ctx.scheduler.step(eps if ctx.scheduler.config.prediction_type == "epsilon" else guided, t, z,
-                                   **ctx.step_kwargs()).prev_sample
+            eps = (z - ctx.scheduler.alphas_cumprod[int(t)].sqrt() * z0) / (
+                1 - ctx.scheduler.alphas_cumprod[int(t)]
+            ).sqrt()
+            z = ctx.scheduler.step(
+                eps if ctx.scheduler.config.prediction_type == "epsilon" else guided, t, z, **ctx.step_kwargs()
+            ).prev_sample
         if callback is not None:
-            callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat, "loss": (ctx.w - z0_hat).flatten(1).norm(dim=1)})
+            callback(
+                {"step": i, "t": int(t), "z": z, "z0_hat": z0_hat, "loss": (ctx.w - z0_hat).flatten(1).norm(dim=1)}
+            )
     return z
 
 
@@ -54,12 +58,41 @@ def test_a_toy_sampler_is_one_function_and_one_entry(toy_registered, tiny_prior,
     x = random_images(1, (32, 32), seed=2)[0]
     Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(tmp_path / "a.png")
     common = ["--prior", str(prior_dir), "--steps", "2", "--no-progress", "--no-lpips"]
-    assert main(["restore", str(tmp_path / "a.png"), "--simulate", "--method", "toy", "--method-option", "pull=0.3",
-                 "--output-dir", str(tmp_path / "r"), *common]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(tmp_path / "a.png"),
+                "--simulate",
+                "--method",
+                "toy",
+                "--method-option",
+                "pull=0.3",
+                "--output-dir",
+                str(tmp_path / "r"),
+                *common,
+            ]
+        )
+        == 0
+    )
     (log,) = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*.json")]
     assert log["method"] == "toy" and log["method_options"] == {"pull": 0.3}
-    assert main(["evaluate", str(tmp_path / "a.png"), "--tasks", "sr4", "--methods", "toy,naive",
-                 "--output-dir", str(tmp_path / "e"), *common]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "a.png"),
+                "--tasks",
+                "sr4",
+                "--methods",
+                "toy,naive",
+                "--output-dir",
+                str(tmp_path / "e"),
+                *common,
+            ]
+        )
+        == 0
+    )
     rows = {r["method"] for r in json.loads((tmp_path / "e" / "aggregate.json").read_text())["rows"]}
     assert rows == {"toy", "naive"}
 
@@ -83,9 +116,26 @@ def test_any_variance_preserving_diffusers_scheduler_plugs_in(tiny_prior, method
     x = random_images(1, (32, 32), seed=1)
     op = contract_operator(tiny_prior) if SAMPLERS[method].needs_operator else None
     seen = []
-    out = restore(tiny_prior, load_task("sr4"), SamplerSettings(steps=3, scheduler="DPMSolverMultistepScheduler"), [1],
-                  reference=x, method=method, operator=op, show_progress=False, callback=seen.append).output
+    out = restore(
+        tiny_prior,
+        load_task("sr4"),
+        SamplerSettings(steps=3, scheduler="DPMSolverMultistepScheduler"),
+        [1],
+        reference=x,
+        method=method,
+        operator=op,
+        show_progress=False,
+        callback=seen.append,
+    ).output
     assert torch.isfinite(out).all() and len(seen) == 3
     with pytest.raises(SiloError, match="variance-preserving scheduler"):  # sigma-space latents do not fit
-        restore(tiny_prior, load_task("sr4"), SamplerSettings(steps=2, scheduler="EulerDiscreteScheduler"), [1],
-                reference=x, method=method, operator=op, show_progress=False)
+        restore(
+            tiny_prior,
+            load_task("sr4"),
+            SamplerSettings(steps=2, scheduler="EulerDiscreteScheduler"),
+            [1],
+            reference=x,
+            method=method,
+            operator=op,
+            show_progress=False,
+        )

@@ -49,19 +49,43 @@ def fake_runs(root: Path, ship) -> Path:
 
     prior = tiny_prior()
     prior.save_pretrained(root / "prior")
-    (root / "prior" / "silo_prior.json").write_text(json.dumps(
-        {"vae": {"parameters": 1, "latent_channels": 4, "downsampling": 8, "step": 1, "heldout_psnr": 10.0,
-                 "heldout_ssim": 0.1}, "unet": {"parameters": 1, "step": 1, "heldout_loss": 1.0}}))
+    (root / "prior" / "silo_prior.json").write_text(
+        json.dumps(
+            {
+                "vae": {
+                    "parameters": 1,
+                    "latent_channels": 4,
+                    "downsampling": 8,
+                    "step": 1,
+                    "heldout_psnr": 10.0,
+                    "heldout_ssim": 0.1,
+                },
+                "unet": {"parameters": 1, "step": 1, "heldout_loss": 1.0},
+            }
+        )
+    )
     for task in ship.TASKS:
         for kind in ship.KINDS:
             torch.manual_seed(len(task))
-            overrides = {"channels": [8, 8, 8, 8]} if kind == "cnn" else {"projection_dim": 16, "bottleneck_channels": 8,
-                                                                           "norm_groups": 4, "head_channels": [8, 8]}
+            overrides = (
+                {"channels": [8, 8, 8, 8]}
+                if kind == "cnn"
+                else {"projection_dim": 16, "bottleneck_channels": 8, "norm_groups": 4, "head_channels": [8, 8]}
+            )
             op = build_operator(kind, prior, 32, task == "inpaint_random", overrides)
             out = root / "operators" / f"{task}-{kind}"
             op.save_pretrained(str(out))
-            (out / "model_card.json").write_text(json.dumps(
-                {"task": task, "kind": kind, "steps": 1, "final_validation_loss": 0.5, "first_batch_per_process": [[]]}))
+            (out / "model_card.json").write_text(
+                json.dumps(
+                    {
+                        "task": task,
+                        "kind": kind,
+                        "steps": 1,
+                        "final_validation_loss": 0.5,
+                        "first_batch_per_process": [[]],
+                    }
+                )
+            )
     return root
 
 
@@ -70,9 +94,33 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     runs = fake_runs(tmp_path / "runs", ship)
     dest, images = tmp_path / "pkg" / "silo-tiny", tmp_path / "images"
     torch.set_num_threads(1)
-    assert ship.main(["--runs", str(runs), "--dest", str(dest), "--images", str(images), "--steps", "2",
-                      "--crops", "2", "--curve-crops", "1", "--curve-steps", "1,2", "--tune-crops", "2",
-                      "--etas", "0.3,0.7", "--strengths", "0.5,1"]) == 0
+    assert (
+        ship.main(
+            [
+                "--runs",
+                str(runs),
+                "--dest",
+                str(dest),
+                "--images",
+                str(images),
+                "--steps",
+                "2",
+                "--crops",
+                "2",
+                "--curve-crops",
+                "1",
+                "--curve-steps",
+                "1,2",
+                "--tune-crops",
+                "2",
+                "--etas",
+                "0.3,0.7",
+                "--strengths",
+                "0.5,1",
+            ]
+        )
+        == 0
+    )
     card = json.loads((dest / "model_card.json").read_text())
     assert set(card["default_operator"]) == set(ship.TASKS)
     assert set(card["default_operator"].values()) <= set(ship.KINDS)
@@ -110,8 +158,22 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     monkeypatch.setattr(silo.models, "shipped_root", lambda: dest)
     assert silo.models.default_operator_path("sr4") == dest / "operators" / f"sr4-{card['default_operator']['sr4']}"
     out = tmp_path / "restored"
-    assert main(["restore", "--simulate", "--example", "astronaut", "--task", "sr4", "--output-dir", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                "--simulate",
+                "--example",
+                "astronaut",
+                "--task",
+                "sr4",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     log = json.loads(next(out.glob("*.json")).read_text())
     assert log["settings"]["steps"] == 2 and log["metrics"]["psnr"] > 0
     chosen = json.loads((silo.models.default_operator_path("sr4") / "model_card.json").read_text())
@@ -120,6 +182,24 @@ def test_ship_writes_card_tables_and_the_default_restore_uses_it(tmp_path, monke
     assert log["setting_sources"]["eta"].startswith(f"operator card sr4-{card['default_operator']['sr4']}")
     assert log["settings"]["start_strength"] == chosen["recommended_start_strength"]
     assert log["settings"]["scheduler"] == "ddim"  # the prior card's default scheduler
-    assert main(["restore", "--simulate", "--example", "astronaut", "--task", "sr4", "--output-dir", str(out / "e"),
-                 "--no-progress", "--eta", "0.125", "--steps", "1"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                "--simulate",
+                "--example",
+                "astronaut",
+                "--task",
+                "sr4",
+                "--output-dir",
+                str(out / "e"),
+                "--no-progress",
+                "--eta",
+                "0.125",
+                "--steps",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads(next((out / "e").glob("*.json")).read_text())["settings"]["eta"] == 0.125

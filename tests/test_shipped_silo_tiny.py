@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from silo.models import default_operator_path, default_prior_path, shipped_card
+from silo.models import default_prior_path, shipped_card
 
 CARD = shipped_card()
 TASKS = sorted(CARD["default_operator"]) if CARD else []
@@ -74,7 +74,9 @@ def test_shipped_restoration_beats_the_measurement_alone(task_name, prior, crops
     if card_gain > 0:
         assert gain > 0, f"{task_name}: SILO {gain:+.2f} dB vs naive, the card claims {card_gain:+.2f} dB"
     else:  # the card reports a loss (sr4, sr8, motion_blur): it must not grow by more than 1 dB
-        assert gain > card_gain - 1.0, f"{task_name}: SILO {gain:+.2f} dB vs naive, the card reports {card_gain:+.2f} dB"
+        assert gain > card_gain - 1.0, (
+            f"{task_name}: SILO {gain:+.2f} dB vs naive, the card reports {card_gain:+.2f} dB"
+        )
 
 
 def test_models_lists_the_card_defaults_and_every_operator(capsys):
@@ -83,6 +85,9 @@ def test_models_lists_the_card_defaults_and_every_operator(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "silo-tiny in" in out
-    assert f"sampling defaults: {CARD['default_steps']} steps, {CARD['default_scheduler'].upper()}, measurement clamp off" in out
+    assert (
+        f"sampling defaults: {CARD['default_steps']} steps, {CARD['default_scheduler'].upper()}, measurement clamp off"
+        in out
+    )
     for task, kind in CARD["default_operator"].items():
         assert f"{task}-{kind} (default):" in out

@@ -12,15 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+from silo.degradations.user import load_user_degradation, probe_scale, user_task
 from silo.errors import SiloError
 from silo.testing import random_images, tiny_prior
 from silo.training import data as tdata
 from silo.training.operator import OperatorTrainer, TrainOperatorConfig, train_operator
-from silo.degradations.user import load_user_degradation, probe_scale, user_task
 
 CROP = 32
-SMALL = {"cnn": {"channels": [8, 8, 8, 8]},
-         "readout": {"bottleneck_channels": 8, "projection_dim": 16, "norm_groups": 4, "head_channels": [8, 8]}}
+SMALL = {
+    "cnn": {"channels": [8, 8, 8, 8]},
+    "readout": {"bottleneck_channels": 8, "projection_dim": 16, "norm_groups": 4, "head_channels": [8, 8]},
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,9 +54,23 @@ def files(tmp_path_factory):
 
 def config(files: Path, out: Path, **kw) -> TrainOperatorConfig:
     kind = kw.pop("kind", "cnn")
-    base = dict(prior=str(files / "prior"), output=str(out), kind=kind, task="sr4", data=str(files / "imgs"),
-                max_steps=12, batch_size=4, crop_size=CROP, validation_images=2, validation_every=100,
-                checkpoint_every=100, report_to="none", show_progress=False, lr=2e-3, operator_config=SMALL[kind])
+    base = dict(
+        prior=str(files / "prior"),
+        output=str(out),
+        kind=kind,
+        task="sr4",
+        data=str(files / "imgs"),
+        max_steps=12,
+        batch_size=4,
+        crop_size=CROP,
+        validation_images=2,
+        validation_every=100,
+        checkpoint_every=100,
+        report_to="none",
+        show_progress=False,
+        lr=2e-3,
+        operator_config=SMALL[kind],
+    )
     return TrainOperatorConfig(**{**base, **kw})
 
 
@@ -81,9 +97,25 @@ def test_each_kind_reduces_the_loss_and_restores(files, tmp_path, kind, task):
     assert Image.open(grids[-1]).size[0] > 4 * CROP
     from silo.cli import main
 
-    rc = main(["restore", "--prior", str(files / "prior"), "--operator", str(tmp_path / "op"), "--task", task,
-               "--simulate", str(files / "imgs" / "0.png"), "--pad", "--steps", "2", "--no-progress",
-               "--output-dir", str(tmp_path / "restored")])
+    rc = main(
+        [
+            "restore",
+            "--prior",
+            str(files / "prior"),
+            "--operator",
+            str(tmp_path / "op"),
+            "--task",
+            task,
+            "--simulate",
+            str(files / "imgs" / "0.png"),
+            "--pad",
+            "--steps",
+            "2",
+            "--no-progress",
+            "--output-dir",
+            str(tmp_path / "restored"),
+        ]
+    )
     assert rc == 0 and len(list((tmp_path / "restored").glob("*.png"))) == 2
 
 
@@ -100,8 +132,15 @@ def test_user_degradation_trains_then_restores(files, tmp_path):
     assert task.degradation.scale == 2  # a clean 2x down-scale is treated like super-resolution
     prior = Prior.from_pretrained(files / "prior")
     x = random_images(1, (CROP, CROP), seed=9)
-    res = restore(prior, task, SamplerSettings(steps=2), [0], reference=x,
-                  operator=load_operator(tmp_path / "op"), show_progress=False)
+    res = restore(
+        prior,
+        task,
+        SamplerSettings(steps=2),
+        [0],
+        reference=x,
+        operator=load_operator(tmp_path / "op"),
+        show_progress=False,
+    )
     assert res.output.shape == x.shape and res.measurement.shape[-1] == CROP // 2
     assert torch.isfinite(res.output).all()
 
@@ -109,8 +148,14 @@ def test_user_degradation_trains_then_restores(files, tmp_path):
 def test_user_degradation_contract(files):
     deg = load_user_degradation(f"{files / 'deg.py'}:Darken")  # a class, built without arguments
     assert deg.scale == 1 and torch.allclose(deg.A(torch.zeros(1, 3, 8, 8)), torch.full((1, 3, 8, 8), -0.2))
-    bad = {"nan": "NaN", "grey": "3 channels", "odd": "clean integer down-scale", "numpy": "not a torch tensor",
-           "NeedsArgs": "without arguments", "missing": "no attribute"}
+    bad = {
+        "nan": "NaN",
+        "grey": "3 channels",
+        "odd": "clean integer down-scale",
+        "numpy": "not a torch tensor",
+        "NeedsArgs": "without arguments",
+        "missing": "no attribute",
+    }
     for name, words in bad.items():
         with pytest.raises(SiloError, match=words):
             load_user_degradation(f"{files / 'deg.py'}:{name}")
@@ -128,8 +173,11 @@ def test_resume_continues_exactly(files, tmp_path):
     train_operator(config(files, tmp_path / "b", max_steps=4, checkpoint_every=1, checkpoints_total_limit=2))
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts == ["step-3", "step-4"]  # only the newest K are kept
-    trainer = OperatorTrainer(config(files, tmp_path / "b", max_steps=6, checkpoint_every=2,
-                                     resume_from_checkpoint="latest")).setup().resume()
+    trainer = (
+        OperatorTrainer(config(files, tmp_path / "b", max_steps=6, checkpoint_every=2, resume_from_checkpoint="latest"))
+        .setup()
+        .resume()
+    )
     assert trainer.step == 4
     saved = torch.load(tmp_path / "b" / "checkpoints" / "step-4" / "optimizer.bin", weights_only=True)
     now = trainer.optimizer.state_dict()
@@ -152,8 +200,9 @@ def test_resume_and_init_refuse_other_configurations(files, tmp_path):
     with pytest.raises(SiloError, match="already holds checkpoints"):
         OperatorTrainer(config(files, tmp_path / "b", max_steps=4, validation_images=0)).setup()
     with pytest.raises(SiloError, match="another configuration: loss was 'l1', now 'l2'"):
-        OperatorTrainer(config(files, tmp_path / "b", max_steps=4, validation_images=0, loss="l2",
-                               resume_from_checkpoint="latest")).setup().resume()
+        OperatorTrainer(
+            config(files, tmp_path / "b", max_steps=4, validation_images=0, loss="l2", resume_from_checkpoint="latest")
+        ).setup().resume()
     # a checkpoint written before --kernel-aware existed (no such keys) resumes as a plain CNN run
     from silo.training.operator import STATE_FILE, list_checkpoints
 
@@ -161,8 +210,15 @@ def test_resume_and_init_refuse_other_configurations(files, tmp_path):
     state = json.loads((ckpt / STATE_FILE).read_text())
     assert state["config"].pop("kernel_aware") is False and state["config"]["operator"].pop("blur_kernel_scale") == 0
     (ckpt / STATE_FILE).write_text(json.dumps(state))
-    assert OperatorTrainer(config(files, tmp_path / "b", max_steps=4, validation_images=0,
-                                  resume_from_checkpoint="latest")).setup().resume().step == 2
+    assert (
+        OperatorTrainer(
+            config(files, tmp_path / "b", max_steps=4, validation_images=0, resume_from_checkpoint="latest")
+        )
+        .setup()
+        .resume()
+        .step
+        == 2
+    )
     CNNOperator(latent_channels=8, embedding_dim=64, channels=(8, 8, 8, 8)).save_pretrained(tmp_path / "other")
     with pytest.raises(SiloError, match="8-channel latents but the prior's VAE has 4"):
         OperatorTrainer(config(files, tmp_path / "c", init_operator=str(tmp_path / "other"))).setup()
@@ -179,11 +235,15 @@ def test_kernel_aware_operator_trains_on_motion_blur(files, tmp_path):
     assert card["operator"]["blur_kernel_scale"] == op.config.blur_kernel_scale
     with pytest.raises(SiloError, match="needs a blur task; the task sr4 has no blur kernel"):
         OperatorTrainer(config(files, tmp_path / "x", kernel_aware=True)).setup()
-    with pytest.raises(SiloError, match=r"--kernel-aware is for operator kinds that read a blur kernel \(--operator-kind cnn\), not readout"):
+    with pytest.raises(
+        SiloError,
+        match=r"--kernel-aware is for operator kinds that read a blur kernel \(--operator-kind cnn\), not readout",
+    ):
         OperatorTrainer(config(files, tmp_path / "y", kind="readout", kernel_aware=True)).setup()
     with pytest.raises(SiloError, match="kernel_aware was True, now False"):
-        OperatorTrainer(config(files, tmp_path / "ka", task="motion_blur", max_steps=12,
-                               resume_from_checkpoint="latest")).setup().resume()
+        OperatorTrainer(
+            config(files, tmp_path / "ka", task="motion_blur", max_steps=12, resume_from_checkpoint="latest")
+        ).setup().resume()
     with pytest.raises(SiloError, match="kernel-aware True, this run is not"):
         OperatorTrainer(config(files, tmp_path / "z", task="motion_blur", init_operator=str(tmp_path / "ka"))).setup()
 
@@ -217,7 +277,9 @@ def test_build_operator_gives_a_mask_channel_only_to_kinds_that_read_one():
 def test_kinds_without_training_defaults_are_refused():
     from silo.operators import trainable_kinds
 
-    with pytest.raises(SiloError, match=f"--operator-kind must be one of {', '.join(trainable_kinds())}, got 'preserve'"):
+    with pytest.raises(
+        SiloError, match=f"--operator-kind must be one of {', '.join(trainable_kinds())}, got 'preserve'"
+    ):
         TrainOperatorConfig(prior="p", output="o", kind="preserve", task="sr4").check()
 
 
@@ -227,8 +289,9 @@ def test_command_line_words_map_to_the_config(capsys):
     from silo.cli.train_operator import config_from_args
 
     base = ["train-operator", "--prior", "p", "--task", "sr4", "--data", "d", "--output-dir", "o"]
-    cfg = config_from_args(build_parser().parse_args([*base, "--operator-kind", "readout", "--init-from", "ops/a",
-                                                      "--device", "cpu"]))
+    cfg = config_from_args(
+        build_parser().parse_args([*base, "--operator-kind", "readout", "--init-from", "ops/a", "--device", "cpu"])
+    )
     assert (cfg.output, cfg.kind, cfg.init_operator, cfg.cpu) == ("o", "readout", "ops/a", True)
     cfg = config_from_args(build_parser().parse_args(base))
     assert (cfg.kind, cfg.init_operator, cfg.cpu) == ("cnn", None, False)
@@ -249,8 +312,21 @@ def test_bad_data_fails_before_training(files, tmp_path, capsys):
     save_png(random_images(1, (40, 40))[0], tmp_path / "broken" / "y.png")
     cases = {"empty": "no images", "small": "16x16, smaller than --crop-size 32", "broken": "not a readable image"}
     for folder, words in cases.items():
-        argv = ["train-operator", "--prior", str(files / "prior"), "--task", "sr4", "--data", str(tmp_path / folder),
-                "--output-dir", str(tmp_path / "out"), "--crop-size", str(CROP), "--report-to", "none"]
+        argv = [
+            "train-operator",
+            "--prior",
+            str(files / "prior"),
+            "--task",
+            "sr4",
+            "--data",
+            str(tmp_path / folder),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--crop-size",
+            str(CROP),
+            "--report-to",
+            "none",
+        ]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
@@ -265,10 +341,30 @@ def test_dataset_folder_through_the_cli_with_tensorboard(files, tmp_path):
     imgs = [Image.open(p).convert("RGB") for p in sorted((files / "imgs").glob("*.png"))]
     ds = datasets.Dataset.from_dict({"photo": imgs, "label": list(range(len(imgs)))})
     ds.cast_column("photo", datasets.Image()).save_to_disk(str(tmp_path / "ds"))
-    argv = ["train-operator", "--prior", str(files / "prior"), "--task", "gaussian_blur", "--dataset", str(tmp_path / "ds"),
-            "--output-dir", str(tmp_path / "op"), "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2",
-            "--validation-images", "1", "--num-workers", "1", "--no-progress",
-            "--operator-config", json.dumps(SMALL["cnn"])]
+    argv = [
+        "train-operator",
+        "--prior",
+        str(files / "prior"),
+        "--task",
+        "gaussian_blur",
+        "--dataset",
+        str(tmp_path / "ds"),
+        "--output-dir",
+        str(tmp_path / "op"),
+        "--crop-size",
+        str(CROP),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--validation-images",
+        "1",
+        "--num-workers",
+        "1",
+        "--no-progress",
+        "--operator-config",
+        json.dumps(SMALL["cnn"]),
+    ]
     assert main(argv) == 0
     card = json.loads((tmp_path / "op" / "model_card.json").read_text())
     assert card["data"]["train_images"] == 7 and card["task"] == "gaussian_blur"
@@ -286,9 +382,28 @@ def test_without_tensorboard_training_logs_json_lines_and_says_so(files, tmp_pat
     real = importlib.util.find_spec
     monkeypatch.setattr(tracking, "find_spec", lambda name: None if name == "tensorboard" else real(name))
     monkeypatch.setattr(tracking, "_NOTED", set())
-    argv = ["train-operator", "--prior", str(files / "prior"), "--task", "sr4", "--data", str(files / "imgs"),
-            "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2", "--validation-images", "1",
-            "--num-workers", "0", "--no-progress", "--operator-config", json.dumps(SMALL["cnn"])]
+    argv = [
+        "train-operator",
+        "--prior",
+        str(files / "prior"),
+        "--task",
+        "sr4",
+        "--data",
+        str(files / "imgs"),
+        "--crop-size",
+        str(CROP),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--validation-images",
+        "1",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--operator-config",
+        json.dumps(SMALL["cnn"]),
+    ]
     assert main([*argv, "--output-dir", str(tmp_path / "a")]) == 0
     assert main([*argv, "--output-dir", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
@@ -312,13 +427,54 @@ def test_augmentation_and_sharding_are_seeded():
 
 
 def test_two_processes_split_the_data_and_write_one_operator(files, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "silo", "train-operator",
-           "--device", "cpu", "--prior", str(files / "prior"), "--task", "sr4", "--data", str(files / "imgs"),
-           "--output-dir", str(tmp_path / "op"), "--crop-size", str(CROP), "--max-steps", "2", "--batch-size", "2",
-           "--validation-images", "2", "--num-workers", "0", "--report-to", "none", "--no-progress",
-           "--operator-config", json.dumps(SMALL["cnn"])]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "silo",
+        "train-operator",
+        "--device",
+        "cpu",
+        "--prior",
+        str(files / "prior"),
+        "--task",
+        "sr4",
+        "--data",
+        str(files / "imgs"),
+        "--output-dir",
+        str(tmp_path / "op"),
+        "--crop-size",
+        str(CROP),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--validation-images",
+        "2",
+        "--num-workers",
+        "0",
+        "--report-to",
+        "none",
+        "--no-progress",
+        "--operator-config",
+        json.dumps(SMALL["cnn"]),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("operator written to") == 1  # the main process reports once

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import torch
 from torch import Tensor
 
 from silo.errors import SiloError
@@ -45,6 +45,7 @@ def restore(
     output_dir: str | Path | None = None,
     batch_size: int = 1,
     pad: bool = False,
+    offload: Sequence[str] = (),
     lpips: bool = True,
     show_progress: bool = True,
     **settings: Any,
@@ -55,6 +56,9 @@ def restore(
     clean references (degraded here, then restored and measured); else they are measurements. ``settings``
     are sampling settings (``steps``, ``eta``, ``start_strength``, ``scheduler``, ...): what is not given is
     resolved from the preset, the operator's card, the prior's card and the task (:func:`silo.settings.resolve`).
+    ``offload``: ``"vae"`` and/or ``"text-encoder"``, kept on the CPU while the sampling loop runs (outputs
+    unchanged; methods that decode every step refuse ``"vae"``). ``tile_size`` / ``tile_overlap`` (settings)
+    restore large images by tiles; ``keep_known`` (default True) keeps inpainting's known pixels.
     With ``output_dir`` the results are also written, and a rerun skips them: a finished result's ``image`` is
     then read back from its 8-bit PNG.
     """
@@ -70,12 +74,31 @@ def restore(
     else:
         inputs.files = [str(p) for p in images]
     config = RestoreConfig(
-        inputs=inputs, simulate=simulate, task=task if preset is None else None, preset=preset, prior=prior,
+        inputs=inputs,
+        simulate=simulate,
+        task=task if preset is None else None,
+        preset=preset,
+        prior=None if prior is None else str(prior),
         operator=[str(o) for o in ([operator] if isinstance(operator, (str, Path)) else operator or [])],
-        operator_kind=operator_kind, method=method, method_options=dict(method_options or {}),
-        settings={**settings, "seed": seed}, device=device, dtype=dtype, output_dir=output_dir, save="both",
-        pad=pad, batch_size=batch_size, mask=str(mask) if mask else None, kernel=str(kernel) if kernel else None,
-        show_progress=show_progress, lpips=lpips, command="silo.restore", keep_outputs=True, quiet=True)
+        operator_kind=operator_kind,
+        method=method,
+        method_options=dict(method_options or {}),
+        settings={**settings, "seed": seed},
+        device=device,
+        dtype=dtype,
+        output_dir=output_dir,
+        save="both",
+        pad=pad,
+        batch_size=batch_size,
+        mask=str(mask) if mask else None,
+        kernel=str(kernel) if kernel else None,
+        show_progress=show_progress,
+        lpips=lpips,
+        command="silo.restore",
+        keep_outputs=True,
+        quiet=True,
+        offload=list(offload),
+    )
     report = restore_inputs(config, items)
     if report.failures:
         raise SiloError("; ".join(report.failures))

@@ -12,7 +12,7 @@ settings resolution (:mod:`silo.settings`) reads only these objects, never the f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,30 @@ def _number(path: Path, data: dict, key: str, kind: type = float) -> Any:
     return number
 
 
+def _text(value: Any) -> str | None:
+    """A card's text field; anything else (a shipped task's degradation settings, say) is not one."""
+    return value if isinstance(value, str) else None
+
+
+def _method_options(path: Path, value: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """``method_options`` of a prior card: method -> task -> option -> number."""
+    if value is None:
+        return {}
+    where = f"{path}: method_options"
+    if not isinstance(value, dict):
+        raise SiloError(f"{where} must map methods to tasks to options, got {type(value).__name__}")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method, tasks in value.items():
+        if not isinstance(tasks, dict):
+            raise SiloError(f"{where}.{method} must map tasks to options")
+        out[method] = {}
+        for task, options in tasks.items():
+            if not isinstance(options, dict):
+                raise SiloError(f"{where}.{method}.{task} must map option names to numbers")
+            out[method][task] = {k: _number(path, options, k) for k in options}
+    return out
+
+
 @dataclass(frozen=True)
 class PriorCard:
     """A prior's sampling defaults; every field None when the card does not set it."""
@@ -56,9 +80,11 @@ class PriorCard:
     default_scheduler: str | None = None
     default_start_strength: float | None = None
     clamp_measurement: bool | None = None
+    #: step sizes tuned for this prior, per method and task: ``{"ldps": {"inpaint_center": {"zeta": 1.0}}}``
+    method_options: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, folder: str | Path | None) -> "PriorCard":
+    def read(cls, folder: str | Path | None) -> PriorCard:
         if folder is None or not Path(str(folder)).is_dir():
             return cls(name=str(folder or ""))
         path = Path(str(folder)) / PRIOR_CARD
@@ -72,9 +98,18 @@ class PriorCard:
         scheduler = data.get("default_scheduler")
         if scheduler is not None and not isinstance(scheduler, str):
             raise SiloError(f"{path}: default_scheduler must be a name, got {scheduler!r}")
-        return cls(name=str(data.get("name") or Path(str(folder)).name), default_steps=steps,
-                   default_scheduler=scheduler,
-                   default_start_strength=_number(path, data, "default_start_strength"), clamp_measurement=clamp)
+        return cls(
+            name=str(data.get("name") or Path(str(folder)).name),
+            default_steps=steps,
+            default_scheduler=scheduler,
+            default_start_strength=_number(path, data, "default_start_strength"),
+            clamp_measurement=clamp,
+            method_options=_method_options(path, data.get("method_options")),
+        )
+
+    def tuned_options(self, method: str, task: str) -> dict[str, float]:
+        """The options this card tunes for ``method`` on ``task`` (empty when it tunes none)."""
+        return dict(self.method_options.get(method, {}).get(task, {}))
 
     @property
     def label(self) -> str:
@@ -91,9 +126,11 @@ class OperatorCard:
     recommended_eta: float | None = None
     recommended_eta_size: int | None = None
     recommended_start_strength: float | None = None
+    degradation: str | None = None  # a user degradation's MODULE:CALLABLE, as given to silo train-operator
+    degradation_source_sha256: str | None = None  # and the SHA-256 of its source then
 
     @classmethod
-    def read(cls, folder: str | Path | None) -> "OperatorCard":
+    def read(cls, folder: str | Path | None) -> OperatorCard:
         if folder is None:
             return cls()
         folder = Path(str(folder))
@@ -105,9 +142,16 @@ class OperatorCard:
         if size is not None and (size <= 0 or size != int(size)):
             raise SiloError(f"{path}: recommended_eta_size must be a positive integer, got {size:g}")
         eta = _number(path, data, "recommended_eta")
-        return cls(name=folder.name, task=data.get("task"), kind=data.get("kind"), recommended_eta=eta,
-                   recommended_eta_size=int(size) if size is not None and eta is not None else None,
-                   recommended_start_strength=_number(path, data, "recommended_start_strength"))
+        return cls(
+            name=folder.name,
+            task=data.get("task"),
+            kind=data.get("kind"),
+            recommended_eta=eta,
+            recommended_eta_size=int(size) if size is not None and eta is not None else None,
+            recommended_start_strength=_number(path, data, "recommended_start_strength"),
+            degradation=_text(data.get("degradation")),
+            degradation_source_sha256=_text(data.get("degradation_source_sha256")),
+        )
 
     @property
     def label(self) -> str:

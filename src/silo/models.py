@@ -26,6 +26,29 @@ def default_prior_path() -> Path:
     return path
 
 
+#: the name that stands for the shipped prior wherever a prior is asked for (--prior silo-tiny)
+SHIPPED_PRIOR_NAME = "silo-tiny"
+
+
+def prior_location(name_or_path: str | Path) -> str:
+    """``silo-tiny`` (where no such local folder exists) is the shipped prior's folder; anything else as given."""
+    text = str(name_or_path)
+    if text == SHIPPED_PRIOR_NAME and not Path(text).exists():
+        return str(default_prior_path())
+    return text
+
+
+def is_shipped_prior(name_or_path: str | Path | None) -> bool:
+    """Whether a --prior value is the shipped silo-tiny prior (its name or its folder)."""
+    if name_or_path is None:
+        return False
+    try:
+        path = Path(prior_location(name_or_path))
+        return path.is_dir() and path.resolve() == (shipped_root() / "prior").resolve()
+    except SiloError:  # no shipped prior in this build
+        return False
+
+
 def default_operator_path(task: str, kind: str | None = None) -> Path:
     """The shipped operator for a task: ``kind`` if given, else the better kind per the model card."""
     card = shipped_card() or {}

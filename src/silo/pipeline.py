@@ -20,7 +20,7 @@ from silo.errors import SiloError
 from silo.priors.prior import Prior
 from silo.samplers import Problem, SamplerSettings
 from silo.samplers.common import Callback, check_finite
-from silo.samplers.registry import NAIVE, get_sampler, method_names, refusal
+from silo.samplers.registry import NAIVE, get_sampler, method_names, offload_refusal, refusal
 
 __all__ = ["NAIVE", "Restoration", "method_names", "padded_size", "restore"]
 
@@ -35,6 +35,7 @@ class Restoration:
     params: Params
     seconds: float
     steps: int  # sampling steps run (0 for the naive estimate)
+    tiling: dict | None = None  # the tiles the image was restored in (None: one piece)
 
 
 def padded_size(prior: Prior, task: Task, height: int, width: int) -> tuple[int, int]:
@@ -83,7 +84,7 @@ def restore(
         raise ValueError("give exactly one of reference= (simulation) or measurement=")
     if method not in method_names():
         raise SiloError(f"unknown method {method!r} (choose from {', '.join(method_names())})")
-    why = refusal(method, task.degradation, operator)
+    why = refusal(method, task.degradation, operator) or offload_refusal(method, prior.offload)
     if why:
         raise SiloError(why)
     deg = task.degradation
@@ -123,11 +124,38 @@ def restore(
         y_run = _pad(y, deg.measurement_shape(*size))
         params_run = {k: (_pad(v, size, "constant", 1.0) if k == "mask" else v) for k, v in params.items()}
     problem = Problem(deg, y_run, params_run, list(seeds), size)
-    z0 = get_sampler(method)(prior, problem, settings, operator=operator, callback=callback,
-                             show_progress=show_progress, **(method_options or {}))
+    from silo.priors.tiled import tiled
+
+    run_prior = tiled(prior, size, settings.tile_size, settings.tile_overlap)  # prior itself: one piece
+    z0 = get_sampler(method)(
+        run_prior,
+        problem,
+        settings,
+        operator=operator,
+        callback=callback,
+        show_progress=show_progress,
+        **(method_options or {}),
+    )
     with torch.no_grad():
-        output = prior.decode(z0).float().clamp(-1, 1)[..., :height, :width]
+        output = run_prior.decode(z0).float().clamp(-1, 1)[..., :height, :width]
         check_finite(output, settings.steps, "the decoded image")
+    output = _owe_measurement(output, y, deg, params, settings)
+    with torch.no_grad():
         a_output = deg.A(output, params)
     seconds = time.perf_counter() - start
-    return Restoration(output, y, a_output, reference, a_reference, params, seconds, settings.steps_run)
+    tiling = run_prior.describe_tiling() if run_prior is not prior else None
+    return Restoration(output, y, a_output, reference, a_reference, params, seconds, settings.steps_run, tiling)
+
+
+def _owe_measurement(output: Tensor, y: Tensor, deg, params: Params, settings: SamplerSettings) -> Tensor:
+    """The decoded output made consistent with the measurement as the settings ask (silo.consistency):
+    ``consistency_steps`` steps on ``||A(x) - y||``, then inpainting's known pixels put back."""
+    from silo.consistency import data_consistency, keep_known_pixels
+
+    if settings.consistency_steps:
+        output = data_consistency(output, y, deg, params, settings.consistency_steps)
+    mask = deg.mask(params)
+    if settings.keep_known and mask is not None:
+        with torch.no_grad():
+            output = keep_known_pixels(output, y, mask, settings.seam_feather)
+    return output

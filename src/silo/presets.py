@@ -45,7 +45,9 @@ class Preset:
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise SiloError(f"preset {self.name}: several files named {self.operator_file} under {root}: pass --operator FILE")
+            raise SiloError(
+                f"preset {self.name}: several files named {self.operator_file} under {root}: pass --operator FILE"
+            )
         others = sorted(str(p.relative_to(root)) for p in root.rglob("*.pt")) if root.is_dir() else []
         listing = f" (found: {', '.join(others[:12])}); pass --operator FILE" if others else ""
         raise SiloError(
@@ -57,15 +59,73 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
-        Preset("rg-coco-inpaint", "rg_coco_ip.sh", COCO_PRIOR, "rg_coco_ip.pt", "readout", "inpaint_center", 1.0, False, COCO_PROMPT),
-        Preset("cnn-coco-sr4", "cnn_coco_sr_4.sh", COCO_PRIOR, "cnn_coco_sr_4.pt", "preserve", "sr4", 0.75, True, COCO_PROMPT),
-        Preset("rg-ffhq-gaussian-blur", "rg_ffhq_gb.sh", FFHQ_PRIOR, "rg_ffhq_gb.pt", "readout", "gaussian_blur", 0.5, True, FFHQ_PROMPT),
-        Preset("rg-ffhq-inpaint", "rg_ffhq_ip.sh", FFHQ_PRIOR, "rg_ffhq_ip.pt", "readout", "inpaint_center", 1.0, False, FFHQ_PROMPT),
-        Preset("rg-ffhq-random-inpaint", "rg_ffhq_rand_ip.sh", FFHQ_PRIOR, "rg_ffhq_rand_ip.pt", "readout", "inpaint_random", 1.0, False, FFHQ_PROMPT),
-        Preset("rg-ffhq-jpeg", "rg_ffhq_jpeg.sh", FFHQ_PRIOR, "rg_ffhq_jpeg.pt", "readout", "jpeg", 0.5, False, FFHQ_PROMPT),
-        Preset("rg-ffhq-sr4", "rg_ffhq_sr_4.sh", FFHQ_PRIOR, "rg_ffhq_sr_4.pt", "readout", "sr4", 0.5, True, FFHQ_PROMPT),
-        Preset("rg-ffhq-sr8", "rg_ffhq_sr_8.sh", FFHQ_PRIOR, "rg_ffhq_sr_8.pt", "readout", "sr8", 0.5, True, FFHQ_PROMPT),
-        Preset("cnn-ffhq-sr8", "cnn_ffhq_sr_8.sh", FFHQ_PRIOR, "cnn_ffhq_sr_8.pt", "cnn", "sr8", 0.5, True, FFHQ_PROMPT),
+        Preset(
+            "rg-coco-inpaint",
+            "rg_coco_ip.sh",
+            COCO_PRIOR,
+            "rg_coco_ip.pt",
+            "readout",
+            "inpaint_center",
+            1.0,
+            False,
+            COCO_PROMPT,
+        ),
+        Preset(
+            "cnn-coco-sr4",
+            "cnn_coco_sr_4.sh",
+            COCO_PRIOR,
+            "cnn_coco_sr_4.pt",
+            "preserve",
+            "sr4",
+            0.75,
+            True,
+            COCO_PROMPT,
+        ),
+        Preset(
+            "rg-ffhq-gaussian-blur",
+            "rg_ffhq_gb.sh",
+            FFHQ_PRIOR,
+            "rg_ffhq_gb.pt",
+            "readout",
+            "gaussian_blur",
+            0.5,
+            True,
+            FFHQ_PROMPT,
+        ),
+        Preset(
+            "rg-ffhq-inpaint",
+            "rg_ffhq_ip.sh",
+            FFHQ_PRIOR,
+            "rg_ffhq_ip.pt",
+            "readout",
+            "inpaint_center",
+            1.0,
+            False,
+            FFHQ_PROMPT,
+        ),
+        Preset(
+            "rg-ffhq-random-inpaint",
+            "rg_ffhq_rand_ip.sh",
+            FFHQ_PRIOR,
+            "rg_ffhq_rand_ip.pt",
+            "readout",
+            "inpaint_random",
+            1.0,
+            False,
+            FFHQ_PROMPT,
+        ),
+        Preset(
+            "rg-ffhq-jpeg", "rg_ffhq_jpeg.sh", FFHQ_PRIOR, "rg_ffhq_jpeg.pt", "readout", "jpeg", 0.5, False, FFHQ_PROMPT
+        ),
+        Preset(
+            "rg-ffhq-sr4", "rg_ffhq_sr_4.sh", FFHQ_PRIOR, "rg_ffhq_sr_4.pt", "readout", "sr4", 0.5, True, FFHQ_PROMPT
+        ),
+        Preset(
+            "rg-ffhq-sr8", "rg_ffhq_sr_8.sh", FFHQ_PRIOR, "rg_ffhq_sr_8.pt", "readout", "sr8", 0.5, True, FFHQ_PROMPT
+        ),
+        Preset(
+            "cnn-ffhq-sr8", "cnn_ffhq_sr_8.sh", FFHQ_PRIOR, "cnn_ffhq_sr_8.pt", "cnn", "sr8", 0.5, True, FFHQ_PROMPT
+        ),
     ]
 }
 

@@ -46,8 +46,10 @@ def device_name(device: torch.device) -> str:
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("silo", "torch", "diffusers", "accelerate", "transformers", "datasets"):
+    from silo._version import __version__
+
+    out = {"python": platform.python_version(), "silo": __version__}  # the distribution is silo-restore
+    for pkg in ("torch", "diffusers", "accelerate", "transformers", "datasets"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

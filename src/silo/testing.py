@@ -86,8 +86,9 @@ def tiny_prior(conditional: bool = False, seed: int = 0, latent_channels: int = 
             layers_per_block=1,
             norm_num_groups=8,
         )
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+    )
     name = "tiny-random-conditional" if conditional else "tiny-random"
     return Prior(vae, unet, scheduler, text_encoder, tokenizer, name=name)
 
@@ -110,12 +111,18 @@ def contract_operator(prior: Prior, task: str = "sr4") -> torch.nn.Module:
     from silo.operators import CNNOperator
 
     torch.manual_seed(0)
-    return CNNOperator(latent_channels=prior.latent_channels, embedding_dim=prior.embedding_dim,
-                       channels=(8, 8, 8, 8), norm_size=8).eval().requires_grad_(False)
+    return (
+        CNNOperator(
+            latent_channels=prior.latent_channels, embedding_dim=prior.embedding_dim, channels=(8, 8, 8, 8), norm_size=8
+        )
+        .eval()
+        .requires_grad_(False)
+    )
 
 
-def check_sampler_contract(method: str, prior: Prior, operator: torch.nn.Module | None = None, task: str = "sr4",
-                           steps: int = 2) -> None:
+def check_sampler_contract(
+    method: str, prior: Prior, operator: torch.nn.Module | None = None, task: str = "sr4", steps: int = 2
+) -> None:
     """Assert the sampler contract for one registered method: batch == single runs; a seed reproduces its
     result and another seed changes it; any size the prior takes; the callback once per step with
     :data:`CALLBACK_KEYS`; NaN in the measurement refused with the clear error. Raises AssertionError."""
@@ -131,8 +138,19 @@ def check_sampler_contract(method: str, prior: Prior, operator: torch.nn.Module 
     settings = SamplerSettings(steps=steps, eta=0.5)
 
     def run(x, seeds, callback=None, **kw):
-        return restore(prior, deg_task, settings, seeds, reference=x, method=method, operator=op, param_seeds=seeds,
-                       show_progress=False, callback=callback, **kw).output
+        return restore(
+            prior,
+            deg_task,
+            settings,
+            seeds,
+            reference=x,
+            method=method,
+            operator=op,
+            param_seeds=seeds,
+            show_progress=False,
+            callback=callback,
+            **kw,
+        ).output
 
     x = random_images(2, (32, 32), seed=3)
     batch = run(x, [5, 6])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 
 from silo.errors import SiloError
@@ -64,14 +65,51 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
+    previous = _terminate_as_interrupt()
     try:
         return int(args._run(args) or 0)
     except SiloError as err:
         print(f"silo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print(f"silo {args.command}: terminated; finished results are kept, rerun to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"silo {args.command}: interrupted; finished results are kept, rerun to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (``| head``): nothing left to say
+        _silence_stdout()
+        return 141
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: writes in progress clean up (their ``finally`` blocks run), then one line."""
+
+
+def _terminate_as_interrupt():
+    """Turn SIGTERM into :class:`_Terminated` in the main thread; the previous handler, or None if not set."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 COMMAND = "bench"
-HELP = "time one sampling step and measure peak memory of every method (SILO, x0-SILO, LDPS, PSLD)"
+HELP = "time one sampling step and measure peak memory of every method (`silo methods`)"
 DESCRIPTION = """Measure, for each prior, image size and dtype: the UNet forward, forward+backward, decoder
-forward and forward+backward, then one sampling step of every method (SILO with a CNN and with a readout
-operator, x0-space SILO, Latent-DPS, PSLD) through the real samplers on an sr4 problem, batch 1. Reports
-the median step time after warm-up (each step also against a UNet forward+backward, or forward for
-x0-space SILO, run between the method's own steps, so that drift between blocks cannot move the ratios),
+forward and forward+backward, then one sampling step of every registered method (SILO with a CNN and with a
+readout operator, x0-space and annealed SILO with a CNN, Latent-DPS, PSLD, ReSample, Latent-DAPS) through the
+real samplers on an sr4 problem, batch 1. Reports the median step time after warm-up, and the mean (which
+counts ReSample's consistency step), each step also against a UNet forward+backward, or a forward for the
+methods with no UNet backward (x0-space and annealed SILO, Latent-DAPS), run between the method's own steps,
+so that drift between blocks cannot move the ratios;
 peak memory (CUDA max allocated, or peak resident set on a CPU, also
 given less the resident set of the bare runtime measured before any model is built), and
 each method's ratio to Latent-DPS and to one UNet forward from the same run, then checks the targets
@@ -26,19 +28,36 @@ On a 2-core CPU, SD 1.5 at 512 px float32 takes about half an hour (run it on an
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prior", default=None,
-                   help="comma-separated: silo-tiny, sd15, tiny-random, Hub ids or folders [default: silo-tiny,sd15 "
-                        "(sd15 alone when no silo-tiny is shipped)]")
+    p.add_argument(
+        "--prior",
+        default=None,
+        help="comma-separated: silo-tiny, sd15, tiny-random, Hub ids or folders [default: silo-tiny,sd15 "
+        "(sd15 alone when no silo-tiny is shipped)]",
+    )
     p.add_argument("--sizes", default="256,512", help="comma-separated image sides in px")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated bench methods: method labels such as silo[cnn], silo[readout], silo_x0[cnn], "
-                        "ldps, psld [default: every registered sampler with every operator kind it can feed]")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated bench methods: method labels such as silo[cnn], silo[readout], silo_x0[cnn], "
+        "ldps, psld [default: every registered sampler with every operator kind it can feed]",
+    )
     p.add_argument("--warmup", type=int, default=1, help="steps (and reference runs) excluded from timing")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per method (median reported)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: tiny random prior, 32 px, float32, 1 warm-up + 1 timed step (seconds)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny random prior, 32 px, float32, 1 warm-up + 1 timed step (seconds)",
+    )
+    p.add_argument(
+        "--offload",
+        action="append",
+        default=[],
+        choices=["vae", "text-encoder"],
+        help="keep this part on the CPU during each method's sampling loop (`silo restore --offload`); "
+        "methods that decode every step are recorded as refused; repeatable",
+    )
     p.add_argument("--output", default="bench.json", help="JSON file to write (never overwritten)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -61,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from silo.provenance import resolve_device
     from silo.errors import SiloError
     from silo.evaluation.bench import run_bench
     from silo.io.outputs import json_bytes, json_safe, write_new
+    from silo.provenance import resolve_device
 
     out = Path(args.output)
     if out.exists():
@@ -98,10 +117,24 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_bytes(json_bytes(json_safe(result)))
         os.replace(tmp, partial)
 
-    print(f"silo bench: {', '.join(priors)} at {sizes} px, {dtypes}, on {device}; SD 1.5 weights are random "
-          "(timing does not depend on weight values)", file=sys.stderr)
-    result = run_bench(priors, sizes, dtypes, methods, device, warmup, repeats, quick=args.quick,
-                       on_update=save_partial, show_progress=not args.no_progress)
+    print(
+        f"silo bench: {', '.join(priors)} at {sizes} px, {dtypes}, on {device}; SD 1.5 weights are random "
+        "(timing does not depend on weight values)",
+        file=sys.stderr,
+    )
+    result = run_bench(
+        priors,
+        sizes,
+        dtypes,
+        methods,
+        device,
+        warmup,
+        repeats,
+        quick=args.quick,
+        on_update=save_partial,
+        show_progress=not args.no_progress,
+        offload=tuple(args.offload),
+    )
     result["command"] = " ".join(sys.argv)
     write_new(out, json_bytes(json_safe(result)))
     partial.unlink(missing_ok=True)
@@ -113,21 +146,36 @@ def run(args: argparse.Namespace) -> int:
         unet = run_["reference"]["unet_forward"]["seconds"]
         print(f"{head}: UNet forward {unet:.4g} s")
         for name, m in run_["methods"].items():
-            if "error" in m:
-                print(f"  {name:13s} error: {m['error']}")
+            if "error" in m or "refused" in m:
+                print(f"  {name:13s} {'error' if 'error' in m else 'refused'}: {m.get('error') or m['refused']}")
                 continue
             to_ldps = f"{m['ratio_to_ldps']:.2f}x LDPS" if m.get("ratio_to_ldps") else "LDPS n/a"
             pair = m.get("paired_reference")
-            paired = (f" (paired: {m['ratio_to_paired_reference']:.2f}x {pair['op'].replace('_', ' ')} run between its "
-                      f"steps" + (f", {m['paired_ratio_to_ldps']:.2f}x LDPS" if m.get("paired_ratio_to_ldps") else "")
-                      + ")") if pair else ""
+            paired = (
+                (
+                    f" (paired: {m['ratio_to_paired_reference']:.2f}x {pair['op'].replace('_', ' ')} run between its "
+                    f"steps"
+                    + (f", {m['paired_ratio_to_ldps']:.2f}x LDPS" if m.get("paired_ratio_to_ldps") else "")
+                    + ")"
+                )
+                if pair
+                else ""
+            )
             peak = m.get("peak_memory_bytes")
-            print(f"  {name:13s} {m['seconds_per_step']:.4g} s/step  {m['ratio_to_unet_forward']:.2f}x UNet fwd  "
-                  f"{to_ldps}{paired}  peak {peak / 2**30 if peak else float('nan'):.2f} GiB"
-                  + (f" (+{m['extra_memory_bytes'] / 2**30:.2f} over the loaded models)"
-                     if m.get("extra_memory_bytes") is not None else "")
-                  + (f", {m['model_memory_bytes'] / 2**30:.2f} GiB without the runtime"
-                     if m.get("model_memory_bytes") is not None else ""))
+            print(
+                f"  {name:13s} {m['seconds_per_step']:.4g} s/step  {m['ratio_to_unet_forward']:.2f}x UNet fwd  "
+                f"{to_ldps}{paired}  peak {peak / 2**30 if peak else float('nan'):.2f} GiB"
+                + (
+                    f" (+{m['extra_memory_bytes'] / 2**30:.2f} over the loaded models)"
+                    if m.get("extra_memory_bytes") is not None
+                    else ""
+                )
+                + (
+                    f", {m['model_memory_bytes'] / 2**30:.2f} GiB without the runtime"
+                    if m.get("model_memory_bytes") is not None
+                    else ""
+                )
+            )
     for t in result["targets"]:
         state = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
         print(f"target {state}: {t['target']} (value {t['value']}, limit {t['limit']})")

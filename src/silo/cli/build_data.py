@@ -12,16 +12,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write (e.g. runs/data)")
     parser.add_argument("--manifest", default=None, help="manifest JSON (default: the committed one)")
     parser.add_argument(
-        "--source", action="append", default=None,
+        "--source",
+        action="append",
+        default=None,
         help="only photos from this source package (repeatable; default: all)",
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of installed files")
     parser.add_argument(
-        "--update-manifest", action="store_true",
+        "--update-manifest",
+        action="store_true",
         help="maintainers: refresh checksums, sizes and versions in --manifest from the installed packages",
     )
     parser.add_argument(
-        "--patches", type=int, default=0,
+        "--patches",
+        type=int,
+        default=0,
         help="also cut this many random training patches into DIR/patches-SIZE/ (fast to decode: the "
         "`silo train-operator --data` folder for silo-tiny operators; deterministic) [default: none]",
     )

@@ -25,9 +25,18 @@ def run(args: argparse.Namespace) -> int:
             needs.append("a linear degradation")
         if spec.needs_differentiable:
             needs.append("a differentiable degradation")
-        rows.append({"method": spec.name, "label": spec.label, "needs": needs, "options": spec.options,
-                     "bench_reference": spec.paired_reference})
-    rows.append({"method": NAIVE, "label": "the measurement alone", "needs": [], "options": {}, "bench_reference": None})
+        rows.append(
+            {
+                "method": spec.name,
+                "label": spec.label,
+                "needs": needs,
+                "options": spec.options,
+                "bench_reference": spec.paired_reference,
+            }
+        )
+    rows.append(
+        {"method": NAIVE, "label": "the measurement alone", "needs": [], "options": {}, "bench_reference": None}
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -35,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         options = ", ".join(f"{k}={v:g}" for k, v in r["options"].items())
         if r["method"] == "silo":
             options = "eta (a setting: --eta)"
-        print(f"{r['method']:<9} {r['label']}: needs {', '.join(r['needs']) or 'nothing'}"
-              + (f"; options {options}" if options else ""))
+        print(
+            f"{r['method']:<9} {r['label']}: needs {', '.join(r['needs']) or 'nothing'}"
+            + (f"; options {options}" if options else "")
+        )
     return 0

@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"    {key}: {value}")
     if "default_steps" in card:
         clamp = card.get("clamp_measurement")
-        print(f"  sampling defaults: {card['default_steps']} steps, {card.get('default_scheduler', 'ddpm').upper()}"
-              + ("" if clamp is None else f", measurement clamp {'on' if clamp else 'off'}"))
+        print(
+            f"  sampling defaults: {card['default_steps']} steps, {card.get('default_scheduler', 'ddpm').upper()}"
+            + ("" if clamp is None else f", measurement clamp {'on' if clamp else 'off'}")
+        )
     print("  operators:")
     defaults = card.get("default_operator", {})
     for name, op in sorted(card.get("operators", {}).items()):

@@ -28,26 +28,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_input_arguments(p, "measurements (or, with --simulate, clean references)")
     mode = p.add_argument_group("what the inputs are")
-    mode.add_argument("--simulate", action="store_true",
-                      help="inputs are clean references: degrade them, restore, and compute metrics")
+    mode.add_argument(
+        "--simulate",
+        action="store_true",
+        help="inputs are clean references: degrade them, restore, and compute metrics",
+    )
     mode.add_argument("--mask", help="measurement mode, inpainting: mask image (white = known, black = fill in)")
     mode.add_argument("--kernel", help="measurement mode, blur: the blur kernel (.npy or greyscale image)")
     mdl = add_model_arguments(p)
-    mdl.add_argument("--task", default=None, help="task name (see `silo tasks`) or a task .yaml file [default: the "
-                     "preset's, else sr4]")
-    mdl.add_argument("--degradation", metavar="MODULE:CALLABLE",
-                     help="your own degradation (a function or class taking and returning images in [-1, 1], "
-                          "from a .py file or module), instead of --task; noise from --noise-sigma")
-    mdl.add_argument("--preset", help="one of the nine published runs (see README); sets prior, operator, task and settings")
-    mdl.add_argument("--weights-dir", default="trained_ckpt", help="folder holding the published operator files (--preset)")
-    mdl.add_argument("--method", default="silo",
-                     help="a registered sampler (`silo methods` lists them and what each needs), or naive: the "
-                          "measurement alone (bicubic up-sampling for SR, the masked image for inpainting)")
-    mdl.add_argument("--method-option", action="append", default=[], metavar="NAME=VALUE",
-                     help="a step size of the method, e.g. zeta=0.5 for ldps (`silo methods` lists them); repeatable")
+    mdl.add_argument(
+        "--task",
+        default=None,
+        help="task name (see `silo tasks`) or a task .yaml file [default: the preset's, else sr4]",
+    )
+    mdl.add_argument(
+        "--degradation",
+        metavar="MODULE:CALLABLE",
+        help="your own degradation (a function or class taking and returning images in [-1, 1], "
+        "from a .py file or module), instead of --task; noise from --noise-sigma",
+    )
+    mdl.add_argument(
+        "--preset", help="one of the nine published runs (see README); sets prior, operator, task and settings"
+    )
+    mdl.add_argument(
+        "--weights-dir", default="trained_ckpt", help="folder holding the published operator files (--preset)"
+    )
+    mdl.add_argument(
+        "--method",
+        default="silo",
+        help="a registered sampler (`silo methods` lists them and what each needs), or naive: the "
+        "measurement alone (bicubic up-sampling for SR, the masked image for inpainting)",
+    )
+    mdl.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a step size of the method, e.g. zeta=0.5 for ldps (`silo methods` lists them); repeatable",
+    )
     smp = add_sampling_arguments(p)
-    smp.add_argument("--seed", type=int, help="the run's seed; each image's noise comes from it and the image itself "
-                     "[default: the preset's, else 1000]")
+    smp.add_argument(
+        "--seed",
+        type=int,
+        help="the run's seed; each image's noise comes from it and the image itself [default: the preset's, else 1000]",
+    )
+    smp.add_argument(
+        "--offload",
+        action="append",
+        default=[],
+        choices=["vae", "text-encoder"],
+        help="keep this part on the CPU while the sampling loop runs, moved to the device only to encode "
+        "and decode (vae) or to embed the prompt (text-encoder); outputs are unchanged; methods that "
+        "decode every step refuse vae; repeatable",
+    )
     add_output_arguments(p, "outputs", ["image", "grid", "both"], "both")
 
 
@@ -64,13 +97,37 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "silo" and "eta" in options:
         raise SiloError("SILO's step size is --eta")
     config = RestoreConfig(
-        inputs=inputs_from(args), simulate=args.simulate, task=args.task, degradation=args.degradation,
-        noise_sigma=args.noise_sigma, preset=args.preset, weights_dir=args.weights_dir, prior=args.prior,
-        operator=args.operator, operator_kind=args.operator_kind, method=args.method, method_options=options,
-        settings={**settings_from(args), "seed": args.seed}, device=args.device, dtype=args.dtype,
-        output_dir=args.output_dir, save=args.save, pad=args.pad, batch_size=args.batch_size, mask=args.mask,
-        kernel=args.kernel, show_progress=not args.no_progress, lpips=not args.no_lpips)
+        inputs=inputs_from(args),
+        simulate=args.simulate,
+        task=args.task,
+        degradation=args.degradation,
+        noise_sigma=args.noise_sigma,
+        preset=args.preset,
+        weights_dir=args.weights_dir,
+        prior=args.prior,
+        operator=args.operator,
+        operator_kind=args.operator_kind,
+        allow_operator_mismatch=args.allow_operator_mismatch,
+        method=args.method,
+        method_options=options,
+        settings={**settings_from(args), "seed": args.seed},
+        device=args.device,
+        dtype=args.dtype,
+        output_dir=args.output_dir,
+        save=args.save,
+        pad=args.pad,
+        batch_size=args.batch_size,
+        mask=args.mask,
+        kernel=args.kernel,
+        show_progress=not args.no_progress,
+        lpips=not args.no_lpips,
+        offload=list(args.offload),
+        memory_limit=args.memory_limit,
+    )
     report = restore_inputs(config)
-    print(f"restored {report.done}, skipped {report.skipped} (already done), failed {len(report.failures)}",
-          file=sys.stderr)
+    print(
+        f"restored {report.done}, skipped {report.skipped} (already done, or another run is on them), "
+        f"failed {len(report.failures)}",
+        file=sys.stderr,
+    )
     return report.exit_code

@@ -21,35 +21,71 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=["vae", "unet"], required=True)
     parser.add_argument("--data", required=True, help="folder written by `silo build-data`")
-    parser.add_argument("--output-dir", required=True, metavar="DIR",
-                        help="run folder: checkpoints/, config.json, log.jsonl, tensorboard/")
+    parser.add_argument(
+        "--output-dir",
+        required=True,
+        metavar="DIR",
+        help="run folder: checkpoints/, config.json, log.jsonl, tensorboard/",
+    )
     parser.add_argument("--vae", default=None, help="stage unet: exported VAE folder (PRIOR/vae)")
     parser.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint folder")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help=f"total steps (also the cosine LR horizon) {_per_stage('max_steps')}")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help=f"total steps (also the cosine LR horizon) {_per_stage('max_steps')}",
+    )
     parser.add_argument("--stop-at", type=int, default=None, help="stop at this step this time (resume later)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"crops per step {_per_stage('batch_size')}")
     parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate {_per_stage('lr')}")
-    parser.add_argument("--crop-size", type=int, default=None,
-                        help=f"training crop side in pixels (the UNet sees latents of a quarter of it) {_per_stage('crop_size')}")
-    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                        help="checkpoint and stop after this much training time (the LR horizon stays --max-steps)")
-    parser.add_argument("--init-from", default=None, metavar="PRIOR",
-                        help="fine-tune: start from the weights of an exported prior folder (same architecture)")
-    parser.add_argument("--freeze-encoder", action="store_true",
-                        help="stage vae with --init-from: train the decoder only (the latent space stays the same)")
-    parser.add_argument("--loss", choices=["l1", "mse"], default=None,
-                        help="stage vae: reconstruction loss (default l1; mse optimises PSNR, for fine-tuning)")
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help=f"training crop side in pixels (the UNet sees latents of a quarter of it) {_per_stage('crop_size')}",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="checkpoint and stop after this much training time (the LR horizon stays --max-steps)",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PRIOR",
+        help="fine-tune: start from the weights of an exported prior folder (same architecture)",
+    )
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="stage vae with --init-from: train the decoder only (the latent space stays the same)",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=["l1", "mse"],
+        default=None,
+        help="stage vae: reconstruction loss (default l1; mse optimises PSNR, for fine-tuning)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--checkpoint-every", type=int, default=None,
-                        help=f"steps between checkpoints {_per_stage('checkpoint_every')}")
-    parser.add_argument("--validation-every", type=int, default=None,
-                        help="steps between held-out evaluations (VAE: PSNR/SSIM; UNet: v-loss) "
-                             f"{_per_stage('validation_every')}")
-    parser.add_argument("--prior-config", default=None, metavar="JSON",
-                        help='overrides of the stage\'s model config (VAE or UNet), e.g. \'{"latent_channels": 8}\' '
-                             "[default: none, the architecture of silo.priors.tiny; a resumed run keeps its own]")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=None, help=f"steps between checkpoints {_per_stage('checkpoint_every')}"
+    )
+    parser.add_argument(
+        "--validation-every",
+        type=int,
+        default=None,
+        help=f"steps between held-out evaluations (VAE: PSNR/SSIM; UNet: v-loss) {_per_stage('validation_every')}",
+    )
+    parser.add_argument(
+        "--prior-config",
+        default=None,
+        metavar="JSON",
+        help="overrides of the stage's model config (VAE or UNet), e.g. '{\"latent_channels\": 8}' "
+        "[default: none, the architecture of silo.priors.tiny; a resumed run keeps its own]",
+    )
     parser.add_argument("--export", default=None, metavar="DIR", help="write the prior folder when done")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -100,9 +136,20 @@ def run(args: argparse.Namespace) -> int:
         if args.loss and args.loss != loss:
             raise SiloError(f"{previous} was trained with --loss {loss}: resume it with that loss")
     cfg = TrainConfig(
-        stage=args.stage, data=args.data, output=args.output_dir, vae=args.vae, seed=args.seed,
-        threads=args.threads, stop_at=args.stop_at,
-        time_limit=args.time_limit, init_from=init_from, freeze_encoder=freeze, loss=loss, model=overrides, progress=not args.no_progress, **opts,
+        stage=args.stage,
+        data=args.data,
+        output=args.output_dir,
+        vae=args.vae,
+        seed=args.seed,
+        threads=args.threads,
+        stop_at=args.stop_at,
+        time_limit=args.time_limit,
+        init_from=init_from,
+        freeze_encoder=freeze,
+        loss=loss,
+        model=overrides,
+        progress=not args.no_progress,
+        **opts,
     )
     record = train(cfg, resume=args.resume_from_checkpoint)
     if record:

@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -88,9 +88,7 @@ def package_version(source: str) -> str:
 
         return skimage.__version__
     try:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Version}", source], capture_output=True, text=True, check=False
-        )
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", source], capture_output=True, text=True, check=False)
     except OSError:
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -168,8 +166,9 @@ def heldout_crops(n: int = 100, size: int = 64, seed: int = 0, scales: Iterable[
     return crops
 
 
-def heldout_crops_with_origins(n: int = 100, size: int = 64, seed: int = 0,
-                               scales: Iterable[int] = SCALES) -> tuple[np.ndarray, list[dict]]:
+def heldout_crops_with_origins(
+    n: int = 100, size: int = 64, seed: int = 0, scales: Iterable[int] = SCALES
+) -> tuple[np.ndarray, list[dict]]:
     """:func:`heldout_crops` and, per crop, where it comes from (photo, package, licence, scale, position)."""
     photos = heldout_photos()
     entries = {p.name: p for p in manifest_photos(split="heldout")}
@@ -184,8 +183,17 @@ def heldout_crops_with_origins(n: int = 100, size: int = 64, seed: int = 0,
         x = int(rng.integers(0, im.shape[1] - size + 1))
         crops[i] = im[y : y + size, x : x + size]
         photo = entries[name]
-        origins.append(dict(photo=name, package=photo.source, photo_file=photo.file, licence=photo.licence,
-                            downscale=scale, top=y, left=x))
+        origins.append(
+            dict(
+                photo=name,
+                package=photo.source,
+                photo_file=photo.file,
+                licence=photo.licence,
+                downscale=scale,
+                top=y,
+                left=x,
+            )
+        )
     return crops, origins
 
 
@@ -256,9 +264,16 @@ def build_dataset(
             os.replace(tmp, out / rel)
             files.append(
                 dict(
-                    file=rel, name=p.name, split=p.split, scale=s, width=int(small.shape[1]),
-                    height=int(small.shape[0]), source=p.source, licence=p.licence,
-                    source_sha256=p.sha256, pixels_sha256=hashlib.sha256(small.tobytes()).hexdigest(),
+                    file=rel,
+                    name=p.name,
+                    split=p.split,
+                    scale=s,
+                    width=int(small.shape[1]),
+                    height=int(small.shape[0]),
+                    source=p.source,
+                    licence=p.licence,
+                    source_sha256=p.sha256,
+                    pixels_sha256=hashlib.sha256(small.tobytes()).hexdigest(),
                 )
             )
     dataset = dict(name=manifest.get("name", ""), heldout=heldout_names(manifest), files=files)
@@ -281,7 +296,9 @@ def load_training_images(data_dir: str | os.PathLike) -> list[np.ndarray]:
 
     root = Path(data_dir)
     if not (root / DATASET_FILE).is_file():
-        raise SiloError(f"{root} is not a silo data folder (no {DATASET_FILE}); run `silo build-data --output-dir {root}`")
+        raise SiloError(
+            f"{root} is not a silo data folder (no {DATASET_FILE}); run `silo build-data --output-dir {root}`"
+        )
     dataset = json.loads((root / DATASET_FILE).read_text())
     heldout = set(dataset.get("heldout", [])) | set(heldout_names())
     images = []
@@ -297,8 +314,7 @@ def load_training_images(data_dir: str | os.PathLike) -> list[np.ndarray]:
     return images
 
 
-def write_patches(data_dir: str | os.PathLike, n: int, size: int = 128, seed: int = 0,
-                  progress: bool = True) -> Path:
+def write_patches(data_dir: str | os.PathLike, n: int, size: int = 128, seed: int = 0, progress: bool = True) -> Path:
     """Cut ``n`` random ``size``-px patches from the training PNGs into ``DATA/patches-SIZE/``.
 
     Why: ``silo train-operator`` decodes an image file per sample, and decoding a 4K wallpaper for every

@@ -10,7 +10,21 @@ from silo.degradations.super_resolution import SuperResolution
 from silo.degradations.tasks import DEGRADATIONS, Task, build_degradation, list_tasks, load_task
 
 __all__ = [
-    "DEGRADATIONS", "Degradation", "GaussianBlur", "Identity", "Inpainting", "JPEG", "MotionBlur", "Params",
-    "SuperResolution", "Task", "add_noise", "build_degradation", "generators_for", "imresize", "list_tasks",
-    "load_task", "to_model_scale",
+    "DEGRADATIONS",
+    "Degradation",
+    "GaussianBlur",
+    "Identity",
+    "Inpainting",
+    "JPEG",
+    "MotionBlur",
+    "Params",
+    "SuperResolution",
+    "Task",
+    "add_noise",
+    "build_degradation",
+    "generators_for",
+    "imresize",
+    "list_tasks",
+    "load_task",
+    "to_model_scale",
 ]

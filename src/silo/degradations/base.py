@@ -83,9 +83,13 @@ class Degradation:
     def capabilities(self) -> dict[str, Any]:
         """The declared capabilities, for logs and docs."""
         return {
-            "linear": self.linear, "differentiable": self.differentiable, "uses_mask": self.uses_mask,
-            "uses_kernel": self.uses_kernel, "needs_kernel": self.needs_kernel,
-            "random_params": self.random_params, "scale": self.scale,
+            "linear": self.linear,
+            "differentiable": self.differentiable,
+            "uses_mask": self.uses_mask,
+            "uses_kernel": self.uses_kernel,
+            "needs_kernel": self.needs_kernel,
+            "random_params": self.random_params,
+            "scale": self.scale,
         }
 
     # -- per-image parameters ---------------------------------------------------------------

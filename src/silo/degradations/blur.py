@@ -116,7 +116,9 @@ class MotionBlur(_Blur):
 
     def __init__(self, kernel_size: int = 61, intensity: float = 0.5, noise_sigma: float = 0.0) -> None:
         if kernel_size < 3 or not 0 <= intensity <= 1:
-            raise SiloError(f"motion blur needs kernel_size >= 3 and 0 <= intensity <= 1, got {kernel_size}, {intensity}")
+            raise SiloError(
+                f"motion blur needs kernel_size >= 3 and 0 <= intensity <= 1, got {kernel_size}, {intensity}"
+            )
         super().__init__(noise_sigma, kernel_size=int(kernel_size), intensity=float(intensity))
         self.kernel_size = int(kernel_size)
         self.intensity = float(intensity)

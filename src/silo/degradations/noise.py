@@ -26,7 +26,5 @@ def add_noise(y: Tensor, sigma: float, generators: list[torch.Generator] | None 
     else:
         if len(generators) != y.shape[0]:
             raise ValueError(f"need one generator per image: {len(generators)} for a batch of {y.shape[0]}")
-        noise = torch.stack(
-            [torch.randn(y.shape[1:], generator=g, dtype=torch.float32).to(y) for g in generators]
-        )
+        noise = torch.stack([torch.randn(y.shape[1:], generator=g, dtype=torch.float32).to(y) for g in generators])
     return y + to_model_scale(sigma) * noise

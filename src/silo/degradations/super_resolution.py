@@ -21,9 +21,7 @@ class SuperResolution(Degradation):
 
     def check_size(self, height: int, width: int) -> None:
         if height % self.scale or width % self.scale:
-            raise SiloError(
-                f"image size {width}x{height} is not divisible by the super-resolution factor {self.scale}"
-            )
+            raise SiloError(f"image size {width}x{height} is not divisible by the super-resolution factor {self.scale}")
 
     def A(self, x: Tensor, params: Params | None = None) -> Tensor:  # noqa: N802
         h, w = x.shape[-2:]

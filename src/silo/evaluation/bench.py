@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,20 +34,46 @@ WEIGHTS_NOTE = "random weights: timing and peak memory depend on shapes, not on 
 
 # Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5), published unet/vae/scheduler config values.
 SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=768,
+    attention_head_dim=8,
 )
 SD15_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
 )
 SD15_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-    set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
 )
 SD15_TEXT = dict(context_length=77, hidden_size=768)  # CLIP ViT-L/14 text encoder output; runs once, not timed
 
@@ -109,8 +136,9 @@ def with_dtype(prior, dtype: torch.dtype):
     """The same modules as a prior of another dtype (converted in place)."""
     from silo.priors.prior import Prior
 
-    return Prior(prior.vae, prior.unet, prior.scheduler, prior.text_encoder, prior.tokenizer, prior.name,
-                 prior.device, dtype)
+    return Prior(
+        prior.vae, prior.unet, prior.scheduler, prior.text_encoder, prior.tokenizer, prior.name, prior.device, dtype
+    )
 
 
 def random_operators(prior, small: bool = False) -> dict[str, torch.nn.Module]:
@@ -120,10 +148,16 @@ def random_operators(prior, small: bool = False) -> dict[str, torch.nn.Module]:
 
     common = dict(latent_channels=prior.latent_channels, embedding_dim=prior.embedding_dim)
     cnn_kw = dict(channels=(8, 8, 8, 8), norm_size=16) if small else {}
-    readout_kw = dict(bottleneck_channels=8, projection_dim=16, norm_groups=4, head_channels=(8, 8), norm_size=16) if small else {}
+    readout_kw = (
+        dict(bottleneck_channels=8, projection_dim=16, norm_groups=4, head_channels=(8, 8), norm_size=16)
+        if small
+        else {}
+    )
     torch.manual_seed(0)
-    ops = {"cnn": CNNOperator(**common, **cnn_kw),
-           "readout": ReadoutOperator(**common, feature_channels=feature_channels(prior.unet), **readout_kw)}
+    ops = {
+        "cnn": CNNOperator(**common, **cnn_kw),
+        "readout": ReadoutOperator(**common, feature_channels=feature_channels(prior.unet), **readout_kw),
+    }
     return {k: v.to(prior.device).eval().requires_grad_(False) for k, v in ops.items()}
 
 
@@ -174,13 +208,18 @@ def reference_fns(bp: BenchPrior, size: int) -> dict[str, Callable[[], None]]:
             else:
                 with torch.no_grad():
                     forward(z)
+
         return run
 
     def unet(x: torch.Tensor) -> torch.Tensor:
         return prior.denoise(x, t, ctx)
 
-    return {"unet_forward": make(unet, False), "unet_forward_backward": make(unet, True),
-            "decoder_forward": make(prior.decode, False), "decoder_forward_backward": make(prior.decode, True)}
+    return {
+        "unet_forward": make(unet, False),
+        "unet_forward_backward": make(unet, True),
+        "decoder_forward": make(prior.decode, False),
+        "decoder_forward_backward": make(prior.decode, True),
+    }
 
 
 def reference_ops(bp: BenchPrior, size: int, warmup: int, repeats: int) -> dict[str, dict[str, Any]]:
@@ -189,7 +228,9 @@ def reference_ops(bp: BenchPrior, size: int, warmup: int, repeats: int) -> dict[
     return {name: time_callable(fns[name], bp.prior.device, warmup, repeats) for name in REFERENCE_OPS}
 
 
-def time_method(bp: BenchPrior, name: str, size: int, warmup: int, repeats: int, task: str = "sr4") -> dict[str, Any]:
+def time_method(
+    bp: BenchPrior, name: str, size: int, warmup: int, repeats: int, task: str = "sr4", offload: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """One method's per-step time (median after warm-up steps) and its peak memory over the whole run.
 
     The method's reference op (:func:`paired_reference`) runs once after every step, inside
@@ -234,16 +275,42 @@ def time_method(bp: BenchPrior, name: str, size: int, warmup: int, repeats: int,
     release_memory(device)
     with PeakMemory(device) as mem:
         last[0] = time.perf_counter()
-        SAMPLERS[method](prior, problem, settings, operator=bp.operators.get(kind) if kind else None,
-                         callback=on_step, show_progress=False)
-    out = {"method": method, "operator": kind, "task": task, "seconds_per_step": _median_after_warmup(steps, warmup),
-           "step_seconds": steps, **mem.result()}
+        from silo.samplers.registry import offload_refusal
+
+        why = offload_refusal(method, offload)  # a method that decodes every step keeps the VAE on the device
+        if why:
+            return {"method": method, "operator": kind, "task": task, "refused": why}
+        prior.set_offload(offload)  # the parts offloaded wait on the CPU, outside the device's peak
+        try:
+            SAMPLERS[method](
+                prior,
+                problem,
+                settings,
+                operator=bp.operators.get(kind) if kind else None,
+                callback=on_step,
+                show_progress=False,
+            )
+        finally:
+            prior.set_offload(())
+    timed = steps[warmup:] or steps[-1:]
+    out = {
+        "method": method,
+        "operator": kind,
+        "task": task,
+        "seconds_per_step": _median_after_warmup(steps, warmup),
+        "mean_seconds_per_step": sum(timed) / len(timed),  # counts a step with extra work (ReSample's consistency)
+        "step_seconds": steps,
+        **mem.result(),
+    }
     if ref["error"]:
         out["paired_reference"] = {"op": reference, "error": ref["error"]}
     else:
         ratios = [s / r for s, r in zip(steps, ref_seconds)]
-        out["paired_reference"] = {"op": reference, "seconds": _median_after_warmup(ref_seconds, warmup),
-                                   "all_seconds": ref_seconds}
+        out["paired_reference"] = {
+            "op": reference,
+            "seconds": _median_after_warmup(ref_seconds, warmup),
+            "all_seconds": ref_seconds,
+        }
         out["ratio_to_paired_reference"] = _median_after_warmup(ratios, warmup)
     return out
 
@@ -270,7 +337,9 @@ def load_bench_prior(name: str, device: torch.device) -> BenchPrior:
 
     if name == "sd15":
         prior = sd15_prior(device)
-        return BenchPrior(name, prior, prompt_embeds_for(prior, name), random_operators(prior), f"SD 1.5 architecture, {WEIGHTS_NOTE}")
+        return BenchPrior(
+            name, prior, prompt_embeds_for(prior, name), random_operators(prior), f"SD 1.5 architecture, {WEIGHTS_NOTE}"
+        )
     if name == "tiny-random":
         from silo.testing import tiny_prior
 
@@ -292,7 +361,9 @@ def load_bench_prior(name: str, device: torch.device) -> BenchPrior:
                 notes.append(f"{kind} operator: random, published sizes (none shipped)")
         return BenchPrior(name, prior, None, ops, "shipped silo-tiny prior; " + "; ".join(notes))
     prior = Prior.from_pretrained(name, device=device)
-    return BenchPrior(name, prior, None, random_operators(prior), f"operators: random, published sizes ({WEIGHTS_NOTE})")
+    return BenchPrior(
+        name, prior, None, random_operators(prior), f"operators: random, published sizes ({WEIGHTS_NOTE})"
+    )
 
 
 def dtype_supported(dtype: str, device: torch.device) -> str | None:
@@ -320,7 +391,9 @@ def add_ratios(run: dict[str, Any]) -> None:
         for op in ("unet_forward", "unet_forward_backward"):
             base = (ref.get(op) or {}).get("seconds")
             entry[f"ratio_to_{op}"] = s / base if base else None
-        same_reference = (entry.get("paired_reference") or {}).get("op") == (ldps.get("paired_reference") or {}).get("op")
+        same_reference = (entry.get("paired_reference") or {}).get("op") == (ldps.get("paired_reference") or {}).get(
+            "op"
+        )
         paired, ldps_paired = entry.get("ratio_to_paired_reference"), ldps.get("ratio_to_paired_reference")
         entry["paired_ratio_to_ldps"] = paired / ldps_paired if paired and ldps_paired and same_reference else None
         peak, ldps_peak = entry.get("peak_memory_bytes"), ldps.get("peak_memory_bytes")
@@ -368,10 +441,10 @@ def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         m = run.get("methods", {})
 
-        def get(name: str, key: str):
+        def get(name: str, key: str, m: dict = m):
             return (m.get(name) or {}).get(key)
 
-        def paired(name: str, key: str, op: str) -> tuple[float | None, bool]:
+        def paired(name: str, key: str, op: str, m: dict = m) -> tuple[float | None, bool]:
             """The paired ratio where ``name`` was paired with ``op``, else the unpaired ``key``; and which."""
             entry = m.get(name) or {}
             value = entry.get("ratio_to_paired_reference")
@@ -383,39 +456,90 @@ def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         to_ldps = (to_ldps, True) if to_ldps is not None else (get("silo[cnn]", "ratio_to_ldps"), False)
         checks = [
             ("SILO (CNN) per step at least 4x faster than Latent-DPS", to_ldps, 0.25),
-            ("SILO (CNN) per step at most 1.1x one UNet forward+backward",
-             paired("silo[cnn]", "ratio_to_unet_forward_backward", "unet_forward_backward"), 1.1),
-            ("SILO (CNN) peak memory at most half of Latent-DPS's (process peak)",
-             (get("silo[cnn]", "peak_memory_ratio_to_ldps"), None), 0.5),
-            ("SILO (CNN) peak memory at most half of Latent-DPS's (models and tensors: the peak less the bare runtime)",
-             (get("silo[cnn]", "model_memory_ratio_to_ldps"), None), 0.5),
-            ("x0-space SILO per step at most 1.15x one UNet forward",
-             paired("silo_x0[cnn]", "ratio_to_unet_forward", "unet_forward"), 1.15),
+            (
+                "SILO (CNN) per step at most 1.1x one UNet forward+backward",
+                paired("silo[cnn]", "ratio_to_unet_forward_backward", "unet_forward_backward"),
+                1.1,
+            ),
+            (
+                "SILO (CNN) peak memory at most half of Latent-DPS's (process peak)",
+                (get("silo[cnn]", "peak_memory_ratio_to_ldps"), None),
+                0.5,
+            ),
+            (
+                "SILO (CNN) peak memory at most half of Latent-DPS's "
+                "(models and tensors: the peak less the bare runtime)",
+                (get("silo[cnn]", "model_memory_ratio_to_ldps"), None),
+                0.5,
+            ),
+            (
+                "x0-space SILO per step at most 1.15x one UNet forward",
+                paired("silo_x0[cnn]", "ratio_to_unet_forward", "unet_forward"),
+                1.15,
+            ),
+            (
+                "annealed SILO (silo_daps, CNN) per step at most 1.2x one UNet forward",
+                paired("silo_daps[cnn]", "ratio_to_unet_forward", "unet_forward"),
+                1.2,
+            ),
         ]
         for text, (value, was_paired), limit in checks:
-            out.append({"target": text, "value": value, "limit": limit, "paired": was_paired,
-                        "passed": None if value is None else bool(value <= limit)})
+            out.append(
+                {
+                    "target": text,
+                    "value": value,
+                    "limit": limit,
+                    "paired": was_paired,
+                    "passed": None if value is None else bool(value <= limit),
+                }
+            )
     return out
 
 
-def run_bench(priors: list[str], sizes: list[int], dtypes: list[str], methods: list[str], device: torch.device,
-              warmup: int, repeats: int, quick: bool = False,
-              on_update: Callable[[dict[str, Any]], None] | None = None, show_progress: bool = True) -> dict[str, Any]:
+def run_bench(
+    priors: list[str],
+    sizes: list[int],
+    dtypes: list[str],
+    methods: list[str],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    quick: bool = False,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    show_progress: bool = True,
+    offload: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Every (prior, size, dtype): reference costs, then each method; ``on_update`` sees partial results."""
-    from silo.provenance import device_name, library_versions
     from tqdm.auto import tqdm
+
+    from silo.provenance import device_name, library_versions
 
     known = bench_methods()
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise SiloError(f"unknown bench method(s) {unknown} (choose from {', '.join(known)})")
     result: dict[str, Any] = {
-        "schema": "silo.bench/1", "note": WEIGHTS_NOTE, "device": device_name(device), "versions": library_versions(),
-        "settings": {"warmup_steps": warmup, "repeats": repeats, "batch": 1, "task": "sr4", "quick": quick,
-                     "statistic": "median over repeats after warm-up",
-                     "paired_reference": "each method's step against the reference op run between its steps "
-                                         "(targets use these ratios)", "paired_ops": {m: paired_reference(m) for m in known}},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False, "runs": [], "targets": []}
+        "schema": "silo.bench/1",
+        "note": WEIGHTS_NOTE,
+        "device": device_name(device),
+        "versions": library_versions(),
+        "settings": {
+            "warmup_steps": warmup,
+            "repeats": repeats,
+            "batch": 1,
+            "task": "sr4",
+            "quick": quick,
+            "offload": sorted(offload),
+            "statistic": "median over repeats after warm-up",
+            "paired_reference": "each method's step against the reference op run between its steps "
+            "(targets use these ratios)",
+            "paired_ops": {m: paired_reference(m) for m in known},
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "complete": False,
+        "runs": [],
+        "targets": [],
+    }
     result.update(runtime_memory(device))
     order = [m for m in known if m in methods]
     total = len(priors) * len(sizes) * len(dtypes) * (len(REFERENCE_OPS) + len(order))
@@ -430,10 +554,17 @@ def run_bench(priors: list[str], sizes: list[int], dtypes: list[str], methods: l
                 if bp.prompt_embeds is not None:
                     bp.prompt_embeds.cond = bp.prompt_embeds.cond.to(bp.prior.dtype)
             for size in sizes:
-                run: dict[str, Any] = {"prior": name, "prior_note": bp.note, "prior_info": base.describe(),
-                                       "size": size, "dtype": dtype, "reference": {}, "methods": {},
-                                       "runtime_memory_bytes": result["runtime_memory_bytes"],
-                                       "runtime_memory_kind": result["runtime_memory_kind"]}
+                run: dict[str, Any] = {
+                    "prior": name,
+                    "prior_note": bp.note,
+                    "prior_info": base.describe(),
+                    "size": size,
+                    "dtype": dtype,
+                    "reference": {},
+                    "methods": {},
+                    "runtime_memory_bytes": result["runtime_memory_bytes"],
+                    "runtime_memory_kind": result["runtime_memory_kind"],
+                }
                 result["runs"].append(run)
                 try:
                     if why:
@@ -448,7 +579,7 @@ def run_bench(priors: list[str], sizes: list[int], dtypes: list[str], methods: l
                 bar.update(len(REFERENCE_OPS))
                 for method in order:
                     try:
-                        run["methods"][method] = time_method(bp, method, size, warmup, repeats)
+                        run["methods"][method] = time_method(bp, method, size, warmup, repeats, offload=tuple(offload))
                     except (SiloError, RuntimeError) as err:  # out of memory, unsupported dtype kernel, ...
                         run["methods"][method] = {"error": str(err).strip().splitlines()[0][:300]}
                         release_memory(device)

@@ -52,14 +52,18 @@ def fid_kid(pairs: dict[tuple, list[tuple[Path, Path]]], weights: Path) -> dict[
     from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                   feature_extractor_weights_path=str(weights))
+    inception = NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights)
+    )
     results: dict[tuple, dict[str, Any]] = {}
     for key, items in pairs.items():
         n = len(items)
         if n < 2:
             why = f"unavailable: needs at least 2 images with saved outputs and references, found {n}"
-            results[key] = {"fid": {"value": None, "n": n, "note": why}, "kid": {"mean": None, "std": None, "n": n, "note": why}}
+            results[key] = {
+                "fid": {"value": None, "n": n, "note": why},
+                "kid": {"mean": None, "std": None, "n": n, "note": why},
+            }
             continue
         fid = FrechetInceptionDistance(feature=inception, normalize=False)
         kid = KernelInceptionDistance(feature=inception, subset_size=min(n, 1000), subsets=100, normalize=False)
@@ -70,8 +74,10 @@ def fid_kid(pairs: dict[tuple, list[tuple[Path, Path]]], weights: Path) -> dict[
                     metric.update(real, real=True)
                     metric.update(fake, real=False)
             kid_mean, kid_std = kid.compute()
-            results[key] = {"fid": {"value": float(fid.compute()), "n": n},
-                            "kid": {"mean": float(kid_mean), "std": float(kid_std), "n": n}}
+            results[key] = {
+                "fid": {"value": float(fid.compute()), "n": n},
+                "kid": {"mean": float(kid_mean), "std": float(kid_std), "n": n},
+            }
     return results
 
 

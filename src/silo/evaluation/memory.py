@@ -69,7 +69,7 @@ class PeakMemory:
         self._cuda_floor = 0  # CUDA: the peak before a paused block reset the counter
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

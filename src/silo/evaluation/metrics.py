@@ -59,6 +59,38 @@ def ms_ssim(a: Tensor, b: Tensor) -> list[float | None]:
     ]
 
 
+def region_metrics(
+    output: Tensor, reference: Tensor, mask: Tensor, measurement: Tensor | None = None
+) -> list[dict[str, float | None]]:
+    """Inpainting's two regions apart: PSNR and SSIM over the known pixels (``mask`` 1) and over the hole, and
+    with ``measurement`` the known pixels' PSNR against the measurement itself (infinite when kept exactly).
+    Region SSIM is the mean of the SSIM map (11x11 Gaussian window) over the region's pixels."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a, b = _01(output), _01(reference)
+    known = (mask.detach().float().cpu() > 0.5).expand_as(a)
+    rows: list[dict[str, float | None]] = []
+    for i in range(a.shape[0]):
+        row: dict[str, float | None] = {}
+        smap = None
+        if min(a.shape[-2:]) >= 11:
+            _, smap = structural_similarity_index_measure(
+                a[i : i + 1], b[i : i + 1], data_range=1.0, return_full_image=True
+            )
+        for name, region in (("known", known[i]), ("hole", ~known[i])):
+            if not region.any():
+                row[f"psnr_{name}"] = row[f"ssim_{name}"] = None
+                continue
+            mse = float((a[i] - b[i])[region].pow(2).mean())
+            row[f"psnr_{name}"] = float("inf") if mse == 0 else -10 * math.log10(mse)
+            row[f"ssim_{name}"] = None if smap is None else float(smap[0][region].mean())
+        if measurement is not None and known[i].any():
+            mse = float((a[i] - _01(measurement)[i])[known[i]].pow(2).mean())
+            row["psnr_known_vs_measurement"] = float("inf") if mse == 0 else -10 * math.log10(mse)
+        rows.append(row)
+    return rows
+
+
 @lru_cache(maxsize=2)
 def _lpips_model(net: str):
     """The LPIPS network if its weights are available locally, else a string saying why not."""
@@ -76,17 +108,24 @@ def lpips(a: Tensor, b: Tensor, net: str = "alex") -> tuple[list[float | None], 
     if isinstance(model, str):
         return [None] * a.shape[0], model
     with torch.no_grad():
-        vals = [float(model(a[i : i + 1].float().cpu().clamp(-1, 1), b[i : i + 1].float().cpu().clamp(-1, 1)))
-                for i in range(a.shape[0])]
+        vals = [
+            float(model(a[i : i + 1].float().cpu().clamp(-1, 1), b[i : i + 1].float().cpu().clamp(-1, 1)))
+            for i in range(a.shape[0])
+        ]
     return vals, None
 
 
 def restoration_metrics(
-    output: Tensor, reference: Tensor, a_output: Tensor | None = None, a_reference: Tensor | None = None,
+    output: Tensor,
+    reference: Tensor,
+    a_output: Tensor | None = None,
+    a_reference: Tensor | None = None,
     with_lpips: bool = True,
+    mask: Tensor | None = None,
+    measurement: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Per-image metrics of ``output`` against ``reference``; consistency metrics compare ``A(output)``
-    with the noise-free ``A(x)``."""
+    with the noise-free ``A(x)``; with an inpainting ``mask``, also each region's (:func:`region_metrics`)."""
     rows: list[dict[str, Any]] = [{} for _ in range(output.shape[0])]
     columns: dict[str, list] = {
         "psnr": psnr(output, reference),
@@ -107,4 +146,7 @@ def restoration_metrics(
     for name, vals in columns.items():
         for row, v in zip(rows, vals):
             row[name] = v
+    if mask is not None:
+        for row, regions in zip(rows, region_metrics(output, reference, mask, measurement)):
+            row.update(regions)
     return rows

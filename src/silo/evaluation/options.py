@@ -47,7 +47,9 @@ def parse_method_options(specs: list[str], methods: list[str]) -> list[MethodCon
         if not sep or not opt:
             raise SiloError(f"--method-option {spec!r}: expected [METHOD.]NAME=VALUE[,VALUE...], e.g. ldps.zeta=0.5,1")
         if target and target not in methods:
-            raise SiloError(f"--method-option {spec!r}: method {target!r} is not among --methods ({', '.join(methods)})")
+            raise SiloError(
+                f"--method-option {spec!r}: method {target!r} is not among --methods ({', '.join(methods)})"
+            )
         targets = [target] if target else [m for m in methods if opt in method_options(m)]
         if not targets:
             raise SiloError(f"--method-option {spec!r}: no selected method takes {opt!r}")

@@ -45,8 +45,9 @@ def plot_tables(table: dict[str, Any], out_dir: str | Path, time_metric: str = "
         if not _has(rows, metric):
             continue
         cols = min(3, len(tasks))
-        fig, axes = plt.subplots(math.ceil(len(tasks) / cols), cols, figsize=(4.5 * cols, 3.6 * math.ceil(len(tasks) / cols)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            math.ceil(len(tasks) / cols), cols, figsize=(4.5 * cols, 3.6 * math.ceil(len(tasks) / cols)), squeeze=False
+        )
         for ax, task in zip(axes.flat, tasks):
             for r in (r for r in rows if r["task"] == task):
                 y, x = r["metrics"].get(metric) or {}, r["metrics"][time_metric]
@@ -55,8 +56,16 @@ def plot_tables(table: dict[str, Any], out_dir: str | Path, time_metric: str = "
                 label = f"{r['method']} ({r['steps']} steps)"
                 ci = x.get("ci95") or 0.0
                 xerr = [[min(ci, 0.95 * x["mean"])], [ci]]  # keep the bar on the log axis
-                ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=y.get("ci95"), fmt="o", capsize=3,
-                            color=colours[label], label=label)
+                ax.errorbar(
+                    x["mean"],
+                    y["mean"],
+                    xerr=xerr,
+                    yerr=y.get("ci95"),
+                    fmt="o",
+                    capsize=3,
+                    color=colours[label],
+                    label=label,
+                )
             ax.set_title(task)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
@@ -65,7 +74,7 @@ def plot_tables(table: dict[str, Any], out_dir: str | Path, time_metric: str = "
             ax.set_ylabel(f"{metric} ({better} is better)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(tasks):]:
+        for ax in list(axes.flat)[len(tasks) :]:
             ax.axis("off")
         fig.tight_layout()
         path = out / f"{metric}_vs_time.png"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from silo.errors import SiloError
@@ -18,9 +18,21 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _MODE_NAMES = {
-    "L": "greyscale", "LA": "greyscale with alpha", "RGBA": "RGBA (with alpha)", "P": "palette", "PA": "palette with alpha",
-    "CMYK": "CMYK", "I;16": "16-bit greyscale", "I;16B": "16-bit greyscale", "I;16L": "16-bit greyscale",
-    "I": "32-bit integer", "F": "32-bit float", "1": "1-bit", "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV",
+    "L": "greyscale",
+    "LA": "greyscale with alpha",
+    "RGBA": "RGBA (with alpha)",
+    "P": "palette",
+    "PA": "palette with alpha",
+    "CMYK": "CMYK",
+    "I;16": "16-bit greyscale",
+    "I;16B": "16-bit greyscale",
+    "I;16L": "16-bit greyscale",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+    "1": "1-bit",
+    "YCbCr": "YCbCr",
+    "LAB": "Lab",
+    "HSV": "HSV",
 }
 
 
@@ -33,6 +45,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         if w * h > max_pixels:
             raise SiloError(f"{path}: image is {w}x{h}, larger than the limit of {max_pixels} pixels (--max-pixels)")
         img.load()
+        img = _upright(img)
     except SiloError:
         raise
     except Image.DecompressionBombError:
@@ -44,10 +57,27 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     return img
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: a phone photo's EXIF orientation applied (and the tag dropped)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: the pixels as stored
+        return img
+    if orientation in (None, 1):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+#: full scale of the integer modes: a 16-bit image is read on its 16-bit scale whatever its brightest pixel
+_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+
+
 def _to_rgb(img: Image.Image, path: Path) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in _FULL_SCALE or img.mode == "I":
         arr = np.asarray(img, dtype=np.float64)
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+        # PNG and TIFF 16-bit greyscale open as "I;16" or as "I" holding 16-bit values: both are 0..65535
+        full = _FULL_SCALE.get(img.mode, 65535.0 if arr.max(initial=0) <= 65535 else float(2**32 - 1))
+        arr = np.clip(arr / full, 0.0, 1.0)
         return np.repeat(arr[..., None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -67,7 +97,9 @@ def load_image(path: str | Path, convert_rgb: bool = False, max_pixels: int = DE
     if img.mode != "RGB":
         if not convert_rgb:
             kind = _MODE_NAMES.get(img.mode, img.mode)
-            raise SiloError(f"{path}: {kind} image (mode {img.mode}); silo restores RGB images, pass --convert-rgb to convert it")
+            raise SiloError(
+                f"{path}: {kind} image (mode {img.mode}); silo restores RGB images, pass --convert-rgb to convert it"
+            )
         arr = _to_rgb(img, path)
     else:
         arr = np.asarray(img, dtype=np.float64) / 255.0
@@ -83,14 +115,41 @@ def pil_to_tensor(img: Image.Image) -> Tensor:
     return pil_array_to_tensor(np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0)
 
 
-def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
-    """A mask image as ``1 x 1 x H x W`` with 1 = known pixel (white) and 0 = to fill in (black)."""
+def load_mask(path: str | Path, size: tuple[int, int], notes: list[str] | None = None) -> Tensor:
+    """A mask image as ``1 x 1 x H x W`` with 1 = known pixel (white) and 0 = to fill in (black).
+
+    Thresholded at half; a mask that is not black and white, that is one grey level, or that marks nothing
+    known or nothing to fill in is still used, and why it looks wrong is appended to ``notes``."""
     path = Path(path)
     img = _open(path, DEFAULT_MAX_PIXELS)
     arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     if arr.shape != tuple(size):
         raise SiloError(f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but the image is {size[1]}x{size[0]}")
-    return torch.from_numpy((arr > 0.5).astype(np.float32))[None, None]
+    known = arr > 0.5
+    if notes is not None:
+        notes += mask_notes(path, arr, known)
+    return torch.from_numpy(known.astype(np.float32))[None, None]
+
+
+def mask_notes(path: Path, arr: np.ndarray, known: np.ndarray) -> list[str]:
+    """What looks wrong in a mask (values in [0, 1], thresholded to ``known``): said, never silently used."""
+    notes = []
+    lo, hi = float(arr.min()), float(arr.max())
+    grey = float(((arr > 0.02) & (arr < 0.98)).mean())
+    if hi - lo < 0.02 and 0.02 < lo < 0.98:
+        notes.append(
+            f"{path}: the mask is one grey level ({lo * 255:.0f}/255), not black and white; thresholded at "
+            f"128 it marks {'every' if known.all() else 'no'} pixel as known"
+        )
+    elif grey > 0.01:
+        notes.append(f"{path}: {grey:.0%} of the mask is grey, not black or white; thresholded at 128 (white = known)")
+    if notes:
+        return notes  # a grey mask: what it thresholds to is said above
+    if not known.any():
+        notes.append(f"{path}: the mask is all black: no pixel is known, the whole image is filled in")
+    elif known.all():
+        notes.append(f"{path}: the mask is all white: every pixel is known, nothing is filled in")
+    return notes
 
 
 def load_kernel(path: str | Path) -> Tensor:
@@ -100,9 +159,15 @@ def load_kernel(path: str | Path) -> Tensor:
         raise SiloError(f"{path}: no such kernel file")
     if path.suffix == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False).astype(np.float64)
-        except (ValueError, OSError) as err:
-            raise SiloError(f"{path}: unreadable kernel ({err})") from None
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError):  # numpy says "pickled data" of any bytes that are not an array
+            raise SiloError(
+                f"{path}: not a NumPy .npy array file (a blur kernel is a square 2-D array saved with "
+                "numpy.save, or a greyscale image)"
+            ) from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise SiloError(f"{path}: a blur kernel must hold numbers, got {getattr(arr, 'dtype', type(arr))}")
+        arr = arr.astype(np.float64)
     else:
         arr = np.asarray(_open(path, 1 << 20).convert("L"), dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] % 2 == 0:
@@ -115,7 +180,10 @@ def load_kernel(path: str | Path) -> Tensor:
 def find_images(folder: str | Path) -> list[Path]:
     """Image files in a folder (not recursive), sorted by name."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    except OSError as err:
+        raise SiloError(f"{folder}: cannot read this folder ({err.strerror or err})") from None
     if not files:
         raise SiloError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files

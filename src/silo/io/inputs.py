@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from torch import Tensor
 
@@ -32,7 +32,9 @@ class Item:
 
 
 def _safe(stem: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    from silo.io.outputs import safe_name
+
+    return safe_name(stem)
 
 
 def file_items(paths: list[str], convert_rgb: bool, max_pixels: int) -> list[Item]:
@@ -49,7 +51,9 @@ def file_items(paths: list[str], convert_rgb: bool, max_pixels: int) -> list[Ite
     names = [i.name for i in items]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
-        raise SiloError(f"several inputs share the name(s) {sorted(dupes)}; outputs would collide: restore them separately")
+        raise SiloError(
+            f"several inputs share the name(s) {sorted(dupes)}; outputs would collide: restore them separately"
+        )
     return items
 
 
@@ -83,7 +87,9 @@ def dataset_items(
         image_cols = [k for k, f in ds.features.items() if isinstance(f, datasets.Image)]
         column = image_cols[0] if image_cols else ("image" if "image" in ds.column_names else None)
     if column not in ds.column_names:
-        raise SiloError(f"dataset {name}: no image column {column!r} (columns: {', '.join(ds.column_names)}); pass --image-column")
+        raise SiloError(
+            f"dataset {name}: no image column {column!r} (columns: {', '.join(ds.column_names)}); pass --image-column"
+        )
     indices = list(range(len(ds))) if indices is None else indices
     bad = [i for i in indices if not 0 <= i < len(ds)]
     if bad:

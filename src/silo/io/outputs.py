@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,19 @@ def write_new(path: str | Path, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result is shared like any file the user writes
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:  # a full disk: the error names the result's file, not a descriptor
+            raise OSError(err.errno, err.strerror, str(path)) from None
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -40,6 +48,50 @@ def write_new(path: str | Path, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+TMP_SUFFIX = ".tmp"
+#: the longest file name most file systems take, in bytes
+NAME_MAX = 255
+#: bytes a result's file names add to its stem: ``.STEM_grid.png.XXXXXXXX.tmp`` (the temporary file)
+NAME_OVERHEAD = len(".") + len("_grid.png") + len(".XXXXXXXX") + len(TMP_SUFFIX)
+
+
+@lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it, once: it does not change during a run)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one file-name component: letters, digits, ``-``, ``_`` and ``.`` kept, everything else
+    (``/``, spaces, ``..`` at the start) replaced, so a name from a file or a task can never become a path."""
+    import re
+
+    out = re.sub(r"\.{2,}", "_", "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)))
+    if out.strip(".") == "" or out.startswith("."):
+        out = "_" + out.lstrip(".")  # no hidden files, no "." or ".."
+    return out or "_"
+
+
+def fit_stem(stem: str, budget: int | None = None) -> str:
+    """``stem`` shortened so that every file of its result (image, grid, log, temporary file) stays within
+    :data:`NAME_MAX` bytes: cut at a character boundary and tagged with a hash of the whole stem, so two long
+    names that share their beginning still differ."""
+    import hashlib
+
+    budget = NAME_MAX - NAME_OVERHEAD if budget is None else budget
+    if len(stem.encode()) <= budget:
+        return stem
+    tag = "~" + hashlib.sha256(stem.encode()).hexdigest()[:8]
+    out = ""
+    for c in stem:
+        if len((out + c + tag).encode()) > budget:
+            break
+        out += c
+    return out + tag
 
 
 def png_bytes(img: Image.Image) -> bytes:

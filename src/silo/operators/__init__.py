@@ -63,10 +63,12 @@ def load_operator(
     dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
     """Load an operator folder written by ``save_pretrained`` (or a published ``.pt`` file), in eval mode,
-    with its card (``operator.card``: the task, kind and sampling settings tuned for it; a ``.pt`` has none)."""
+    with its card (``operator.card``: the task, kind and sampling settings tuned for it; a ``.pt`` has none).
+    A Hub repo id ``owner/name[/subfolder]`` is read through the Hub cache (:func:`silo.hub.resolve_operator`)."""
     from silo.cards import OperatorCard
+    from silo.hub import resolve_operator
 
-    path = Path(path_or_folder)
+    path = resolve_operator(path_or_folder)
     if path.is_file() and path.suffix in _PUBLISHED_SUFFIXES:
         from silo.operators.published import load_published_operator
 

@@ -65,7 +65,7 @@ class OperatorInputs:
             return int(self.features[0].shape[0])
         raise SiloError("operator inputs hold neither z0 nor UNet features: the batch size is unknown")
 
-    def without(self, *names: str) -> "OperatorInputs":
+    def without(self, *names: str) -> OperatorInputs:
         """A copy with the named inputs removed (``None``)."""
         unknown = set(names) - set(INPUT_NAMES)
         if unknown:
@@ -119,8 +119,9 @@ class LatentOperator:
     published_marker: ClassVar[str | None] = None
 
     # -- calling -----------------------------------------------------------------------------------
-    def apply(self, inputs: OperatorInputs, prior: SigmaEmbedder | None = None, *,
-              call: Callable[..., Tensor] | None = None) -> Tensor:
+    def apply(
+        self, inputs: OperatorInputs, prior: SigmaEmbedder | None = None, *, call: Callable[..., Tensor] | None = None
+    ) -> Tensor:
         """``H(inputs)`` with the kind's own conditioning: the one call sampling and training make.
 
         ``prior`` gives the UNet's noise-level embedding to kinds that use it (any object with
@@ -155,8 +156,9 @@ class LatentOperator:
         if not self.config.get("sigma_conditioned", True):
             return None
         if prior is None:
-            raise SiloError(f"the {self.kind} operator is sigma-conditioned: pass the prior, whose UNet embeds the "
-                            f"noise level")
+            raise SiloError(
+                f"the {self.kind} operator is sigma-conditioned: pass the prior, whose UNet embeds the noise level"
+            )
         return prior.sigma_embedding(inputs.noise_sigma, inputs.batch).float()
 
     # -- building ----------------------------------------------------------------------------------
@@ -166,15 +168,20 @@ class LatentOperator:
         return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
     @classmethod
-    def for_prior(cls, prior, norm_size: int, mask: bool = False, kernel: bool = False,
-                  **overrides: Any) -> "LatentOperator":
+    def for_prior(
+        cls, prior, norm_size: int, mask: bool = False, kernel: bool = False, **overrides: Any
+    ) -> LatentOperator:
         """A fresh operator sized for ``prior`` (latent channels, embedding width, UNet feature channels where
         read), reading the inpainting mask and/or the blur kernel where asked; ``overrides`` set the rest."""
         for name, wanted in (("mask", mask), ("kernel", kernel)):
             if wanted and name not in cls.can_read:
                 raise SiloError(f"a {cls.kind} operator cannot read {_DESCRIBED[name]}")
-        fixed: dict[str, Any] = dict(latent_channels=prior.latent_channels, embedding_dim=prior.embedding_dim,
-                                     norm_size=norm_size, mask_channel=mask)
+        fixed: dict[str, Any] = dict(
+            latent_channels=prior.latent_channels,
+            embedding_dim=prior.embedding_dim,
+            norm_size=norm_size,
+            mask_channel=mask,
+        )
         if "features" in cls.can_read:
             from silo.operators.features import feature_channels
 
@@ -210,5 +217,13 @@ def call_operator(operator: torch.nn.Module, inputs: OperatorInputs, prior: Sigm
     return operator(inputs.z0.float(), sigma_emb, mask=None)
 
 
-__all__ = ["INPUT_NAMES", "OPTIMIZERS", "OperatorInputs", "TrainingDefaults", "SigmaEmbedder", "LatentOperator",
-           "call_operator", "state_shape"]
+__all__ = [
+    "INPUT_NAMES",
+    "OPTIMIZERS",
+    "OperatorInputs",
+    "TrainingDefaults",
+    "SigmaEmbedder",
+    "LatentOperator",
+    "call_operator",
+    "state_shape",
+]

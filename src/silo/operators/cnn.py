@@ -87,7 +87,9 @@ class CNNOperator(LatentOperator, ModelMixin, ConfigMixin):
     ):
         super().__init__()
         if blur_kernel_scale < 0:
-            raise ValueError(f"blur_kernel_scale must be 0 (off) or the VAE's down-sampling factor, got {blur_kernel_scale}")
+            raise ValueError(
+                f"blur_kernel_scale must be 0 (off) or the VAE's down-sampling factor, got {blur_kernel_scale}"
+            )
         extra = 1 if sigma_conditioned else 0
         n, chans = norm_size, list(channels)
         if sigma_conditioned:
@@ -133,8 +135,10 @@ class CNNOperator(LatentOperator, ModelMixin, ConfigMixin):
 
     def missing_input(self, name: str) -> str:
         if name == "kernel":
-            return (f"{type(self).__name__} is kernel-aware, but this problem has no blur kernel "
-                    f"(a blur task with --kernel, or a seeded random kernel)")
+            return (
+                f"{type(self).__name__} is kernel-aware, but this problem has no blur kernel "
+                f"(a blur task with --kernel, or a seeded random kernel)"
+            )
         return super().missing_input(name)
 
     def forward_arguments(self, inputs: OperatorInputs, prior: SigmaEmbedder | None) -> tuple[tuple, dict]:
@@ -158,8 +162,9 @@ class CNNOperator(LatentOperator, ModelMixin, ConfigMixin):
             cfg.update(embedding_dim=int(emb), sigma_hidden=int(hidden))
         return cfg
 
-    def forward(self, z0: Tensor, sigma_emb: Tensor | None, mask: Tensor | None = None,
-                kernel: Tensor | None = None) -> Tensor:
+    def forward(
+        self, z0: Tensor, sigma_emb: Tensor | None, mask: Tensor | None = None, kernel: Tensor | None = None
+    ) -> Tensor:
         """``H(z0)``: ``[B, C, h, w] -> [B, C, h, w]``; ``mask`` is accepted for a uniform call but unused;
         ``kernel`` (``k x k`` or ``B x k x k``, pixels) only for kernel-aware operators."""
         base, inputs = z0, [z0]

@@ -23,6 +23,15 @@ def feature_channels(unet: nn.Module) -> list[int]:
     return [int(resnet.out_channels) for resnet in _up_resnets(unet)]
 
 
+#: the collector active on each UNet (by id), so that a tiled denoiser can hand it whole-image features
+_ACTIVE: dict[int, UNetFeatureHooks] = {}
+
+
+def active_hooks(unet: nn.Module) -> UNetFeatureHooks | None:
+    """The :class:`UNetFeatureHooks` collecting from ``unet`` now, if any."""
+    return _ACTIVE.get(id(unet))
+
+
 class UNetFeatureHooks:
     """Context manager: while active, each UNet call appends its up-block ResNet outputs to ``features``.
 
@@ -41,12 +50,14 @@ class UNetFeatureHooks:
     def clear(self) -> None:
         self.features = []
 
-    def __enter__(self) -> "UNetFeatureHooks":
+    def __enter__(self) -> UNetFeatureHooks:
         self.clear()
         self._handles = [resnet.register_forward_hook(self._hook) for resnet in _up_resnets(self.unet)]
+        _ACTIVE[id(self.unet)] = self
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        _ACTIVE.pop(id(self.unet), None)

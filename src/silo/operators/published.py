@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -38,8 +39,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise SiloError(f"operator checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except pickle.UnpicklingError as err:  # never torch's advice to retry unsafely: say what the file holds
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if not found:
+            raise SiloError(f"cannot read operator checkpoint {path}: not a PyTorch checkpoint of tensors") from None
+        what = f" ({found.group(1)})" if found else ""
+        raise SiloError(
+            f"cannot read operator checkpoint {path}: it holds Python objects other than tensors{what}; "
+            "silo loads only tensors and never unpickles code (re-save its state_dict)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in first or "Weights only" in first:
+            first = "not a plain checkpoint of tensors"
         raise SiloError(f"cannot read operator checkpoint {path}: {first}") from None
     for wrapper in _WRAPPERS:
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -65,8 +77,11 @@ def _load_state(operator: torch.nn.Module, state: dict, path: Path) -> None:
         problems.append(f"missing keys {_few(missing)}")
     if unexpected:
         problems.append(f"unexpected keys {_few(unexpected)}")
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-           if k in state and state[k].shape != v.shape]
+    bad = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if bad:
         problems.append(f"shape mismatches (checkpoint vs {operator.kind} operator) {_few(bad)}")
     if problems:

@@ -78,8 +78,9 @@ class ReadoutOperator(LatentOperator, ModelMixin, ConfigMixin):
     can_read = frozenset({"features", "mask"})
     #: the reference trains on noise U(0, 0.1) on the [-1, 1] scale, with AdamW at 2e-4; the blocks' timestep
     #: embedding is unused by SILO
-    training_defaults = TrainingDefaults(noise_sigma_max=0.05, lr=2e-4, optimizer="adamw",
-                                         frozen_parameters=("bottleneck_layers.*.emb_layers.*",))
+    training_defaults = TrainingDefaults(
+        noise_sigma_max=0.05, lr=2e-4, optimizer="adamw", frozen_parameters=("bottleneck_layers.*.emb_layers.*",)
+    )
     published_marker = "mixing_weights"
 
     @register_to_config
@@ -147,8 +148,10 @@ class ReadoutOperator(LatentOperator, ModelMixin, ConfigMixin):
         head0 = state_shape(state, "output_head.0.weight", path)
         mask = int(head0[1]) - proj - extra
         if mask not in (0, 1):
-            raise SiloError(f"operator checkpoint {path}: output_head.0.weight has {head0[1]} input channels, "
-                            f"expected {proj + extra} or {proj + extra + 1}")
+            raise SiloError(
+                f"operator checkpoint {path}: output_head.0.weight has {head0[1]} input channels, "
+                f"expected {proj + extra} or {proj + extra + 1}"
+            )
         cfg = {
             "latent_channels": int(state_shape(state, "output_head.4.weight", path)[0]),
             "embedding_dim": int(emb),

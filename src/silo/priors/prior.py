@@ -7,6 +7,7 @@ time embedding, used to condition latent operators on the measurement noise leve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from silo.degradations.noise import to_model_scale
 from silo.cards import PriorCard
+from silo.degradations.noise import to_model_scale
 from silo.errors import SiloError
+
+#: parts a prior can keep on the CPU between their uses (``--offload``), by their command-line names
+OFFLOADABLE = {"vae": "vae", "text-encoder": "text_encoder"}
 
 #: noise levels are mapped to a pseudo-timestep ``(sigma_model / SIGMA_T_RANGE) * 999`` as in the reference
 SIGMA_T_RANGE = 0.1
@@ -71,11 +75,13 @@ class Prior:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         local_files_only: bool | None = None,
-    ) -> "Prior":
+    ) -> Prior:
         """Load a Hub id, a local diffusers-layout folder, or a single-file checkpoint (.safetensors/.ckpt)."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
-        source = str(name_or_path)
+        from silo.models import prior_location
+
+        source = prior_location(name_or_path)  # "silo-tiny": the shipped prior
         path = Path(source)
         local = local_files_only if local_files_only is not None else (_offline() or path.exists())
         if path.is_file():
@@ -95,8 +101,12 @@ class Prior:
         def load(what: str, fn):
             try:
                 return fn()
-            except (OSError, ValueError, EnvironmentError) as err:
-                hint = " (offline: HF_HUB_OFFLINE=1 and it is not in the local cache)" if local and not path.is_dir() else ""
+            except (OSError, ValueError) as err:
+                hint = (
+                    " (offline: HF_HUB_OFFLINE=1 and it is not in the local cache)"
+                    if local and not path.is_dir()
+                    else ""
+                )
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise SiloError(f"prior {source}: cannot load {what}{hint}: {first}") from None
 
@@ -110,14 +120,18 @@ class Prior:
         if unet_cls is UNet2DConditionModel:
             from transformers import AutoTokenizer, CLIPTextModel
 
-            text_encoder = load("text_encoder", lambda: CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights))
-            tokenizer = load("tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs))
+            text_encoder = load(
+                "text_encoder", lambda: CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
+            )
+            tokenizer = load(
+                "tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+            )
         prior = cls(vae, unet, scheduler, text_encoder, tokenizer, name=source, device=device, dtype=dtype)
         prior.card = PriorCard.read(path if path.is_dir() else None)  # its sampling defaults (a Hub id: none)
         return prior
 
     @classmethod
-    def _from_single_file(cls, path: Path, device, dtype) -> "Prior":
+    def _from_single_file(cls, path: Path, device, dtype) -> Prior:
         from diffusers import DDPMScheduler, StableDiffusionPipeline
 
         if path.suffix not in (".safetensors", ".ckpt"):
@@ -184,10 +198,44 @@ class Prior:
                 f"pass --pad to pad it and crop the result back"
             )
 
+    # -- offload -------------------------------------------------------------------------------
+    #: parts kept on the CPU between their uses (names of :data:`OFFLOADABLE`)
+    offload: frozenset[str] = frozenset()
+
+    def set_offload(self, parts: Any) -> None:
+        """Keep the VAE (``"vae"``) and/or the text encoder (``"text-encoder"``) on the CPU, moved to the device
+        only while they run: SILO needs the VAE only to encode the measurement and decode the result, so the
+        sampling loop holds the UNet alone on the device. Outputs are unchanged (the same weights run)."""
+        parts = frozenset(parts or ())
+        unknown = sorted(parts - set(OFFLOADABLE))
+        if unknown:
+            raise SiloError(f"cannot offload {', '.join(unknown)} (choose from {', '.join(OFFLOADABLE)})")
+        self.offload = parts
+        for name, attr in OFFLOADABLE.items():
+            module = getattr(self, attr)
+            if module is not None:
+                module.to("cpu" if name in parts else self.device)
+
+    @contextlib.contextmanager
+    def placed(self, name: str):
+        """The offloaded part ``name`` on the device for the duration of the block, back on the CPU after."""
+        module = getattr(self, OFFLOADABLE[name])
+        if name not in self.offload or module is None or self.device.type == "cpu":
+            yield
+            return
+        module.to(self.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
     # -- VAE ------------------------------------------------------------------------------------
     def encode(self, x: Tensor, generators: list[torch.Generator] | None = None, sample: bool = True) -> Tensor:
         """``E(x)``: a sample of the encoder's posterior (its mean if ``sample=False``) times the scaling factor."""
-        dist = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
+        with self.placed("vae"):
+            dist = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
         if sample:
             if generators is not None:
                 noise = torch.stack(
@@ -202,24 +250,33 @@ class Prior:
 
     def decode(self, z: Tensor) -> Tensor:
         """``D(z)`` in [-1, 1] (not clamped, so gradients flow where a method needs them)."""
-        return self.vae.decode(z.to(self.dtype) / self.scaling_factor + self.shift_factor).sample
+        with self.placed("vae"):
+            return self.vae.decode(z.to(self.dtype) / self.scaling_factor + self.shift_factor).sample
 
     # -- text -------------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str | list[str], batch: int, negative_prompt: str | list[str] = "",
-                      guidance_scale: float = 1.0) -> PromptEmbeddings:
+    def encode_prompt(
+        self, prompt: str | list[str], batch: int, negative_prompt: str | list[str] = "", guidance_scale: float = 1.0
+    ) -> PromptEmbeddings:
         """Prompt embeddings for a batch; unconditional priors return ``None`` embeddings."""
         if not self.is_conditional:
             return PromptEmbeddings(None, None)
         if self.text_encoder is None or self.tokenizer is None:
-            raise SiloError(f"prior {self.name}: text-conditioned UNet but no text encoder/tokenizer; pass prompt embeddings")
+            raise SiloError(
+                f"prior {self.name}: text-conditioned UNet but no text encoder/tokenizer; pass prompt embeddings"
+            )
 
         def embed(text: str | list[str]) -> Tensor:
             texts = [text] * batch if isinstance(text, str) else list(text)
             if len(texts) != batch:
                 raise SiloError(f"got {len(texts)} prompts for a batch of {batch}")
-            tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                    truncation=True, return_tensors="pt")
-            with torch.no_grad():
+            tokens = self.tokenizer(
+                texts,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            with torch.no_grad(), self.placed("text-encoder"):
                 return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
         cond = embed(prompt)

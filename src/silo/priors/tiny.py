@@ -33,8 +33,11 @@ def norm_groups(widths: tuple[int, ...] | list[int], per_group: int = 4) -> int:
 
 
 def vae_config(
-    widths: tuple[int, ...] = VAE_WIDTHS, latent_channels: int = LATENT_CHANNELS, layers: int = 1,
-    scaling_factor: float = 1.0, groups: int | None = None,
+    widths: tuple[int, ...] = VAE_WIDTHS,
+    latent_channels: int = LATENT_CHANNELS,
+    layers: int = 1,
+    scaling_factor: float = 1.0,
+    groups: int | None = None,
 ) -> dict[str, Any]:
     """``AutoencoderKL`` kwargs: no mid-block attention (size-independent, cheap)."""
     return dict(
@@ -53,8 +56,11 @@ def vae_config(
 
 
 def unet_config(
-    latent_channels: int = LATENT_CHANNELS, widths: tuple[int, ...] = UNET_WIDTHS, layers: int = UNET_LAYERS,
-    sample_size: int = 32, groups: int | None = None,
+    latent_channels: int = LATENT_CHANNELS,
+    widths: tuple[int, ...] = UNET_WIDTHS,
+    layers: int = UNET_LAYERS,
+    sample_size: int = 32,
+    groups: int | None = None,
 ) -> dict[str, Any]:
     """``UNet2DModel`` kwargs: convolutional blocks, attention at the lowest resolution only."""
     n = len(widths)

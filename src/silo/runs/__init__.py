@@ -7,5 +7,18 @@ from silo.runs.models import Models
 from silo.runs.restore import RestoreConfig, restore_inputs
 from silo.runs.runner import Report, Request, RunOptions, Setup, run
 
-__all__ = ["EvaluateConfig", "Inputs", "Models", "Report", "Request", "RestoreConfig", "RunOptions", "Setup", "collect",
-           "evaluate", "restore_inputs", "run", "tensor_items"]
+__all__ = [
+    "EvaluateConfig",
+    "Inputs",
+    "Models",
+    "Report",
+    "Request",
+    "RestoreConfig",
+    "RunOptions",
+    "Setup",
+    "collect",
+    "evaluate",
+    "restore_inputs",
+    "run",
+    "tensor_items",
+]

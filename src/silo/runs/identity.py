@@ -55,11 +55,15 @@ def config_identity(setup, options) -> dict[str, Any]:
         "settings": settings,
         "prior": prior_fingerprint(prior),
         # configs that change pixels besides the weights: the noise schedule, the VAE's latent scaling
-        "prior_config": {"scheduler": {k: v for k, v in dict(prior.scheduler.config).items() if not k.startswith("_")},
-                         "scaling_factor": prior.scaling_factor, "shift_factor": prior.shift_factor},
+        "prior_config": {
+            "scheduler": {k: v for k, v in dict(prior.scheduler.config).items() if not k.startswith("_")},
+            "scaling_factor": prior.scaling_factor,
+            "shift_factor": prior.shift_factor,
+        },
         "operator": fingerprint(operator),
-        "operator_config": None if operator is None else {
-            k: v for k, v in dict(operator.config).items() if not k.startswith("_")},
+        "operator_config": None
+        if operator is None
+        else {k: v for k, v in dict(operator.config).items() if not k.startswith("_")},
         "dtype": options.dtype,
         "device_type": setup.prior.device.type,
         "pad": bool(options.pad),

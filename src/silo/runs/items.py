@@ -39,8 +39,11 @@ def collect(inputs: Inputs) -> list[Item]:
         items += example_items(inputs.examples)
     if inputs.files:
         items += file_items(inputs.files, inputs.convert_rgb, inputs.max_pixels)
-    selectors = [inputs.index is not None, inputs.start is not None or inputs.end is not None,
-                 inputs.index_list is not None]
+    selectors = [
+        inputs.index is not None,
+        inputs.start is not None or inputs.end is not None,
+        inputs.index_list is not None,
+    ]
     if inputs.dataset:
         if sum(selectors) > 1:
             raise SiloError("choose one of --index, --start/--end, --list")
@@ -96,8 +99,10 @@ def _crops_to_items(crops, split: str, size: int) -> list[Item]:
     def load(arr):
         return torch.from_numpy(arr).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
 
-    return [Item(f"silo-tiny-{split}-{size}px-{i:03d}", f"silo-tiny {split} crop {i} ({size} px)",
-                 lambda a=arr: load(a)) for i, arr in enumerate(crops)]
+    return [
+        Item(f"silo-tiny-{split}-{size}px-{i:03d}", f"silo-tiny {split} crop {i} ({size} px)", lambda a=arr: load(a))
+        for i, arr in enumerate(crops)
+    ]
 
 
 def training_crops(n: int, size: int, seed: int = 0):

@@ -2,7 +2,11 @@
 
 Guarantees: a bad input is reported and the others still run; a batch that fails (out of memory, a
 sampler error) is retried image by image; every result is written atomically, log last, and never over an
-existing file; a result whose log exists is skipped, so a rerun resumes. A result's name carries a key of
+existing file; a result whose log exists is skipped, so a rerun resumes. Inputs are decoded a batch at a
+time (memory flat in their number); an image the device's memory cannot take is refused before sampling
+(:mod:`silo.runs.budget`); each result is claimed before it is restored (:mod:`silo.io.claims`), so runs
+sharing a folder split the work and only a dead run's leftovers are ever removed; a write error is one line
+and the other results go on. A result's name carries a key of
 everything that changes its pixels (:mod:`silo.runs.identity`): a rerun with other settings writes a new
 result beside the old one.
 """
@@ -12,9 +16,10 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,8 +49,11 @@ class Setup:
     @property
     def explicit_options(self) -> dict[str, float]:
         """The method options the user set (they label a table row: ``ldps(zeta=0.5)``)."""
-        opts = {k: v for k, v in self.resolved.method_options.items()
-                if self.resolved.sources.get(f"method_options.{k}") == "request"}
+        opts = {
+            k: v
+            for k, v in self.resolved.method_options.items()
+            if self.resolved.sources.get(f"method_options.{k}") == "request"
+        }
         if self.method == "silo" and self.resolved.sources.get("eta") == "request" and "eta" not in opts:
             opts["eta"] = self.resolved.settings.eta
         return opts
@@ -62,7 +70,6 @@ class Setup:
         from silo.evaluation.records import method_slug
 
         return method_slug(self.method, None, self.explicit_options)
-
 
 
 @dataclass
@@ -95,6 +102,7 @@ class RunOptions:
     on_result: Callable[[Path, dict[str, Any]], None] | None = None  # each written result
     quiet: bool = False  # no line per result on stdout
     keep_outputs: bool = False  # keep each result's log and output tensor in the report (the Python front door)
+    memory_limit: float | None = None  # bytes a restoration may need; None: what the device has; 0: no check
 
 
 @dataclass
@@ -106,6 +114,7 @@ class Job:
     identity: Identity
     paths: dict[str, Path]
     order: int = 0  # position among the requests: results come back in this order
+    claim: Any = None  # this run's claim on the result (silo.io.claims.Claim) while it works on it
 
 
 @dataclass
@@ -130,27 +139,81 @@ def load_item(item: Item) -> Tensor:
         raise SiloError(f"{item.source}: unreadable image ({err})") from None
 
 
+def check_measurement_options(task, mask: str | None, kernel: str | None, source: str = "") -> None:
+    """A real measurement's mask and kernel against the degradation's capabilities: errors of the whole run,
+    said once before any model is loaded."""
+    deg = task.degradation
+    where = f"{source}: " if source else ""
+    if mask and not deg.uses_mask:
+        raise SiloError(f"--mask is for inpainting tasks, not {task.name}")
+    if not mask and deg.uses_mask:
+        raise SiloError(f"{where}inpainting a measurement needs --mask (white = known pixels)")
+    if kernel and not deg.uses_kernel:
+        raise SiloError(f"--kernel is for blur tasks, not {task.name}")
+    if not kernel and deg.needs_kernel:
+        raise SiloError(f"{where}deblurring this measurement needs its --kernel")
+    if kernel:
+        from silo.io.images import load_kernel
+
+        load_kernel(kernel)  # an unreadable kernel file: said now, not once per image
+
+
 def _measurement_params(task, crop: tuple[int, int], options: RunOptions, source: str) -> dict[str, Tensor]:
     """A real measurement's mask and kernel, from files, as the degradation's capabilities ask."""
-    deg = task.degradation
+    check_measurement_options(task, options.mask, options.kernel, source)
     params: dict[str, Tensor] = {}
     if options.mask:
         from silo.io.images import load_mask
 
-        if not deg.uses_mask:
-            raise SiloError(f"--mask is for inpainting tasks, not {task.name}")
-        params["mask"] = load_mask(options.mask, crop)
-    elif deg.uses_mask:
-        raise SiloError(f"{source}: inpainting a measurement needs --mask (white = known pixels)")
+        notes: list[str] = []
+        params["mask"] = load_mask(options.mask, crop, notes)
+        for text in notes:
+            _note(options, text)
     if options.kernel:
         from silo.io.images import load_kernel
 
-        if not deg.uses_kernel:
-            raise SiloError(f"--kernel is for blur tasks, not {task.name}")
         params["kernel"] = load_kernel(options.kernel)[None]
-    elif deg.needs_kernel:
-        raise SiloError(f"{source}: deblurring this measurement needs its --kernel")
     return params
+
+
+_NOTED: set[str] = set()
+
+
+def _note(options: RunOptions, text: str) -> None:
+    """A note said once per process (a renamed task is said once, not per image)."""
+    if text not in _NOTED and not options.quiet:
+        _NOTED.add(text)
+        say(f"{options.command}: note: {text}", err=True)
+
+
+def result_stem(item: Item, task_name: str, slug: str, seed: int, key: str, options: RunOptions) -> str:
+    """``NAME_TASK_METHOD_sSEED_KEY``, every part a safe file-name component (a task name from a YAML file
+    cannot become a path), shortened to fit the file system's name limit; a name that changed is said."""
+    from silo.io.outputs import NAME_MAX, NAME_OVERHEAD, fit_stem, safe_name
+
+    task_part = safe_name(task_name)
+    if task_part != task_name:
+        _note(options, f"task name {task_name!r} is written as {task_part!r} in file names")
+    head = f"{safe_name(item.name)}_{task_part}_{safe_name(slug)}"
+    tail = f"_s{seed}_{key}"
+    short = fit_stem(head, NAME_MAX - NAME_OVERHEAD - len(tail.encode()))
+    if short != head:
+        _note(
+            options,
+            f"{item.source}: file names shortened to {short}{tail}* (the full name is over the file "
+            f"system's {NAME_MAX}-byte limit)",
+        )
+    return short + tail
+
+
+def _check_memory(setup: Setup, crop: tuple[int, int], options: RunOptions, source: str) -> None:
+    """Refuse an image whose restoration would not fit the device (:mod:`silo.runs.budget`), before work."""
+    from silo.runs.budget import check_memory
+
+    tile = int(getattr(setup.resolved.settings, "tile_size", 0) or 0)  # tiled: the networks see a tile at a time
+    check_memory(
+        setup.prior, setup.method, *crop, options.batch_size, options.dtype, options.memory_limit, source, tile
+    )
 
 
 def prepare(request: Request, tensor: Tensor, options: RunOptions) -> Job:
@@ -162,7 +225,9 @@ def prepare(request: Request, tensor: Tensor, options: RunOptions) -> Job:
     h, w = tensor.shape[-2:]
     crop = (h, w) if options.simulate else deg.image_shape(h, w)
     if crop[0] * crop[1] > options.max_pixels:
-        raise SiloError(f"{item.source}: the restored image would be {crop[1]}x{crop[0]}, over --max-pixels {options.max_pixels}")
+        raise SiloError(
+            f"{item.source}: the restored image would be {crop[1]}x{crop[0]}, over --max-pixels {options.max_pixels}"
+        )
     if not options.pad:
         try:
             prior.check_image_size(*crop)
@@ -175,54 +240,115 @@ def prepare(request: Request, tensor: Tensor, options: RunOptions) -> Job:
     else:
         params = _measurement_params(task, crop, options, item.source)
         deg.check_size(*(padded_size(prior, task, *crop) if options.pad else crop))
+    _check_memory(setup, crop, options, item.source)
     identity = identify(setup, request.seed, tensor, params, item, options)
-    stem = f"{item.name}_{task.name}_{setup.slug}_s{request.seed}_{identity.key[:8]}"
+    stem = result_stem(item, task.name, setup.slug, request.seed, identity.key[:8], options)
     out = options.output_dir or Path(".")
     paths = {"image": out / f"{stem}.png", "grid": out / f"{stem}_grid.png", "log": out / f"{stem}.json"}
     return Job(request, tensor, params, crop, identity, paths)
 
 
-def _remove_leftovers(paths: dict[str, Path]) -> None:
-    """Images of a run killed before its log was written are not results: clear them so it can resume."""
-    for key in ("image", "grid"):
-        if paths[key].exists():
-            print(f"removing incomplete leftover {paths[key]} (no log beside it)", file=sys.stderr)
-            paths[key].unlink()
+def _skip_text(item: Item, why: str) -> str:
+    return f"skip {item.source}: {why}"
 
 
-def plan(requests: list[Request], options: RunOptions, report: Report) -> list[Job]:
-    """Load and check every input first; skip finished results; a bad input costs only itself."""
+class _Loader:
+    """Decodes inputs one at a time, keeping only the last (the requests of one input come together), so memory
+    stays flat in the number of inputs."""
+
+    def __init__(self) -> None:
+        self.key: int | None = None
+        self.tensor: Tensor | None = None
+
+    def __call__(self, item: Item) -> Tensor:
+        key = id(item.load)
+        if key != self.key:
+            self.key, self.tensor = None, None  # the previous input is freed before the next is decoded
+            self.tensor, self.key = load_item(item), key
+        return self.tensor
+
+
+def _fail(report: Report, options: RunOptions, source: str, err: BaseException) -> None:
+    text = str(err) if isinstance(err, SiloError) else f"{type(err).__name__}: {err}"
+    report.failures.append(text if source in text else f"{source}: {text}")
+    say(f"{options.command}: error: {report.failures[-1]}", err=True)
+
+
+def _next_window(
+    pending, options: RunOptions, report: Report, loader: _Loader, planned: set[Path], deferred: list | None
+) -> list[Job]:
+    """Up to ``batch_size`` jobs, each loaded, checked and claimed; finished results skipped, results another
+    live run holds deferred (or, on the second pass, skipped). A bad input costs only itself."""
     jobs: list[Job] = []
-    loaded: dict[int, Tensor] = {}
-    planned: set[Path] = set()
-    for order, request in enumerate(requests):
+    try:
+        _fill_window(jobs, pending, options, report, loader, planned, deferred)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM) while claiming: the claims taken so far go back
+        for job in jobs:
+            if job.claim is not None:
+                job.claim.release()
+        raise
+    return jobs
+
+
+def _fill_window(
+    jobs: list[Job],
+    pending,
+    options: RunOptions,
+    report: Report,
+    loader: _Loader,
+    planned: set[Path],
+    deferred: list | None,
+) -> None:
+    while len(jobs) < options.batch_size:
+        try:
+            order, request = next(pending)
+        except StopIteration:
+            break
         item = request.item
         try:
-            key = id(item.load)
-            if key not in loaded:
-                loaded[key] = load_item(item)
-            job = prepare(request, loaded[key], options)
+            job = prepare(request, loader(item), options)
         except Exception as err:  # noqa: BLE001 - one bad input costs only itself, said in one line
-            text = str(err) if isinstance(err, SiloError) else f"{type(err).__name__}: {err}"
-            report.failures.append(text if item.source in text else f"{item.source}: {text}")
-            print(f"{options.command}: error: {report.failures[-1]}", file=sys.stderr)
+            _fail(report, options, item.source, err)
             continue
         job.order = order
-        if job.paths["log"] in planned and options.output_dir is not None:
+        if options.output_dir is not None and job.paths["log"] in planned:
             report.skipped += 1  # the same result asked twice (repeated seeds or methods): made once
             continue
         planned.add(job.paths["log"])
-        if options.output_dir is not None and job.paths["log"].exists():
-            report.skipped += 1
-            if not options.quiet:
-                print(f"skip {item.source}: {job.paths['log']} exists", file=sys.stderr)
-            if options.keep_outputs:
-                report.results.append({**_finished(job), "order": order})
+        if options.output_dir is None:
+            jobs.append(job)
             continue
-        if options.output_dir is not None:
-            _remove_leftovers(job.paths)
-        jobs.append(job)
-    return jobs
+        if job.paths["log"].exists():
+            _skip_done(job, options, report)
+            continue
+        from silo.io.claims import Holder, claim
+
+        try:
+            got = claim(job.paths["log"], [job.paths["image"], job.paths["grid"]])
+        except SiloError as err:
+            _fail(report, options, item.source, err)
+            continue
+        if got is None:  # finished meanwhile by another run
+            _skip_done(job, options, report)
+        elif isinstance(got, Holder):
+            if deferred is not None:
+                planned.discard(job.paths["log"])
+                deferred.append((order, request))  # another run is on it: come back once at the end
+            else:
+                report.skipped += 1
+                if not options.quiet:
+                    say(_skip_text(item, f"another run ({got.describe()}) is restoring it"), err=True)
+        else:
+            job.claim = got
+            jobs.append(job)
+
+
+def _skip_done(job: Job, options: RunOptions, report: Report) -> None:
+    report.skipped += 1
+    if not options.quiet:
+        say(_skip_text(job.request.item, f"{job.paths['log']} exists"), err=True)
+    if options.keep_outputs:
+        report.results.append({**_finished(job), "order": job.order})
 
 
 def _finished(job: Job) -> dict[str, Any]:
@@ -242,8 +368,13 @@ def batches(jobs: list[Job], size: int) -> list[list[Job]]:
     for job in jobs:
         for batch in out:
             first = batch[0]
-            if (len(batch) < size and first.request.setup is job.request.setup and first.request.seed == job.request.seed
-                    and first.tensor.shape == job.tensor.shape and first.params.keys() == job.params.keys()):
+            if (
+                len(batch) < size
+                and first.request.setup is job.request.setup
+                and first.request.seed == job.request.seed
+                and first.tensor.shape == job.tensor.shape
+                and first.params.keys() == job.params.keys()
+            ):
                 batch.append(job)
                 break
         else:
@@ -252,9 +383,36 @@ def batches(jobs: list[Job], size: int) -> list[list[Job]]:
 
 
 def run(requests: list[Request], options: RunOptions) -> Report:
-    """Restore every request; see the module's docstring for what is guaranteed."""
+    """Restore every request; see the module's docstring for what is guaranteed.
+
+    Inputs are decoded a batch at a time; before a result is restored the run claims it
+    (:mod:`silo.io.claims`), so runs sharing an output folder split the work: a result another live run holds
+    is left to it and looked at again once at the end."""
     report = Report()
-    queue = batches(plan(requests, options, report), options.batch_size)
+    if options.output_dir is not None:
+        ensure_writable(options.output_dir)
+    loader, planned, deferred = _Loader(), set(), []
+    passes = [(iter(enumerate(requests)), deferred), (None, None)]
+    for pending, defer_to in passes:
+        if pending is None:
+            pending = iter(list(deferred))
+        while True:
+            window: list[Job] = []
+            try:  # a claim is given back however the window ends (done, failed, interrupted)
+                window = _next_window(pending, options, report, loader, planned, defer_to)
+                if not window:
+                    break
+                _run_window(window, options, report)
+            finally:
+                for job in window:
+                    if job.claim is not None:
+                        job.claim.release()
+    report.results.sort(key=lambda r: r.get("order", 0))  # the requests' order
+    return report
+
+
+def _run_window(jobs: list[Job], options: RunOptions, report: Report) -> None:
+    queue = batches(jobs, options.batch_size)
     while queue:
         batch = queue.pop(0)
         try:
@@ -271,8 +429,7 @@ def run(requests: list[Request], options: RunOptions) -> Report:
                 err = SiloError(f"out of memory restoring a {w}x{h} image; use --dtype bfloat16 or a smaller image")
             elif not isinstance(err, SiloError):
                 err = SiloError(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
-            report.failures.append(f"{batch[0].request.item.source}: {err}")
-            print(f"{options.command}: error: {report.failures[-1]}", file=sys.stderr)
+            _fail(report, options, batch[0].request.item.source, err)
             continue
         for job, (files, log, output) in zip(batch, results):
             if options.output_dir is None:
@@ -285,9 +442,8 @@ def run(requests: list[Request], options: RunOptions) -> Report:
 
                 write_group(files)
             except (SiloError, OSError) as err:  # a full disk, an unwritable folder: said, and the others go on
-                text = str(err) if isinstance(err, SiloError) else f"{job.paths['log']}: cannot write ({err.strerror or err})"
-                report.failures.append(text)
-                print(f"{options.command}: error: {text}", file=sys.stderr)
+                text = str(err) if isinstance(err, SiloError) else write_error(err)
+                _fail(report, options, job.request.item.source, SiloError(text))
                 continue
             report.done += 1
             report.logs.append(job.paths["log"])
@@ -296,11 +452,86 @@ def run(requests: list[Request], options: RunOptions) -> Report:
             if options.on_result is not None:
                 options.on_result(job.paths["log"], log)
             if not options.quiet:
-                shown = ", ".join(f"{k} {_fmt(v)}" for k, v in log["metrics"].items()
-                                  if k in ("psnr", "ssim", "consistency_psnr", "consistency_psnr_vs_measurement", "seconds"))
-                print(f"{job.request.item.source} -> {job.paths['log'].with_suffix('')}.* ({shown})")
-    report.results.sort(key=lambda r: r.get("order", 0))  # the requests' order
-    return report
+                shown = ", ".join(
+                    f"{k} {_fmt(v)}"
+                    for k, v in log["metrics"].items()
+                    if k in ("psnr", "ssim", "consistency_psnr", "consistency_psnr_vs_measurement", "seconds")
+                )
+                say(f"{job.request.item.source} -> {job.paths['log'].with_suffix('')}.* ({shown})")
+
+
+def check_writable(folder: Path, what: str = "output folder") -> Path:
+    """SiloError (one line) unless ``folder`` could be made and written: its nearest existing ancestor is a
+    folder this process may write, on a file system mounted read-write. Nothing is created."""
+    import os
+
+    for parent in [folder, *folder.parents]:
+        try:
+            if not parent.exists():
+                continue
+        except OSError as err:  # a name too long, a loop of links
+            raise SiloError(f"{what} {folder}: {err.strerror or err}") from None
+        if not parent.is_dir():
+            raise SiloError(f"{what} {folder}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            try:
+                readonly = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+            except OSError:
+                readonly = False
+            why = "Read-only file system" if readonly else "Permission denied"
+            raise SiloError(f"{what} {folder}: cannot write here ({why})")
+        break
+    return folder
+
+
+def ensure_writable(folder: Path, what: str = "output folder") -> Path:
+    """Make ``folder`` and write a test file in it (removed at once); SiloError with the reason if either fails."""
+    import os
+    import tempfile
+
+    check_writable(folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".silo-write-test.", dir=folder)
+        try:
+            os.write(fd, b"x" * 4096)  # a full file system refuses the data, not always the empty file
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise SiloError(f"{what} {folder}: cannot write here ({err.strerror or err})") from None
+    return folder
+
+
+def write_error(err: OSError) -> str:
+    """One line for a failed write: the path and the system's reason (full disk, read-only, name too long)."""
+    path = err.filename or "?"
+    return f"{path}: cannot write ({err.strerror or err})"
+
+
+_STDOUT_GONE = False
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print one line; a closed pipe (``silo restore ... | head``) stops the printing, never the work."""
+    global _STDOUT_GONE
+    if not err and _STDOUT_GONE:
+        return
+    stream = sys.stderr if err else sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        import os
+
+        if err:
+            return
+        _STDOUT_GONE = True
+        try:  # later writes (and the interpreter's final flush) go nowhere instead of failing
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 def _fmt(v: Any) -> str:
@@ -311,6 +542,21 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "inf" if math.isinf(v) else f"{v:.3f}"
     return str(v)
+
+
+def _heartbeat(batch: list[Job], callback: Callable[[dict[str, Any]], None] | None):
+    """The step callback, refreshing the batch's claims as it goes (a live run's claims never look stale)."""
+    claims = [j.claim for j in batch if j.claim is not None]
+    if not claims:
+        return callback
+
+    def step(info: dict[str, Any]) -> None:
+        for c in claims:
+            c.refresh()
+        if callback is not None:
+            callback(info)
+
+    return step
 
 
 def _restore_batch(batch: list[Job], options: RunOptions) -> list[tuple[dict[Path, bytes], dict[str, Any], Tensor]]:
@@ -339,10 +585,20 @@ def _restore_batch(batch: list[Job], options: RunOptions) -> list[tuple[dict[Pat
         release_memory(device)
     meter = PeakMemory(device) if options.measure_memory else nullcontext()
     with meter as mem:
-        res = restore(prior, task, resolved.settings, [j.identity.image_seed for j in batch], params=params,
-                      method=setup.method, operator=setup.operator, callback=options.callback,
-                      show_progress=options.show_progress, pad=options.pad, method_options=resolved.method_options,
-                      **kwargs)
+        res = restore(
+            prior,
+            task,
+            resolved.settings,
+            [j.identity.image_seed for j in batch],
+            params=params,
+            method=setup.method,
+            operator=setup.operator,
+            callback=_heartbeat(batch, options.callback),
+            show_progress=options.show_progress,
+            pad=options.pad,
+            method_options=resolved.method_options,
+            **kwargs,
+        )
     settings_log = resolved.values()
     operator = setup.operator
     base = {
@@ -355,16 +611,25 @@ def _restore_batch(batch: list[Job], options: RunOptions) -> list[tuple[dict[Pat
         "method_options": dict(resolved.method_options),
         "preset": setup.preset,
         "prior": {"source": str(setup.prior_source), **prior.describe(), "fingerprint": prior_fingerprint(prior)},
-        "operator": None if operator is None else {
-            "source": getattr(operator, "source", None), "kind": setup.kind,
+        "operator": None
+        if operator is None
+        else {
+            "source": getattr(operator, "source", None),
+            "kind": setup.kind,
             "config": {k: v for k, v in dict(operator.config).items() if not k.startswith("_")},
-            "fingerprint": fingerprint(operator)},
+            "fingerprint": fingerprint(operator),
+            "mismatch_allowed": getattr(operator, "mismatch_allowed", None),
+        },  # --allow-operator-mismatch: why
         "settings": {k: v for k, v in settings_log.items() if k not in ("seed", "method_options")},
-        "setting_sources": {**resolved.sources,
-                            "seed": resolved.sources["seed"] if seed == resolved.seed else "request"},
+        "setting_sources": {
+            **resolved.sources,
+            "seed": resolved.sources["seed"] if seed == resolved.seed else "request",
+        },
         "seed": seed,
         "dtype": options.dtype,
         "device": device_name(device),
+        "tiling": res.tiling,  # None: restored in one piece
+        "offload": sorted(getattr(prior, "offload", ())),
         "versions": library_versions(),
         **options.log_extra,
     }
@@ -376,7 +641,17 @@ def _restore_batch(batch: list[Job], options: RunOptions) -> list[tuple[dict[Pat
         y = res.measurement[i : i + 1].cpu()
         if options.simulate:
             ref = res.reference[i : i + 1, :, :h, :w].cpu()
-            metrics = restoration_metrics(output, ref, a_out, res.a_reference[i : i + 1].cpu(), with_lpips=options.lpips)[0]
+            mask = task.degradation.mask(res.params)  # inpainting: the known region and the hole apart
+            mask = None if mask is None else mask[i : i + 1, :, :h, :w].cpu()
+            metrics = restoration_metrics(
+                output,
+                ref,
+                a_out,
+                res.a_reference[i : i + 1].cpu(),
+                with_lpips=options.lpips,
+                mask=mask,
+                measurement=None if mask is None else y,
+            )[0]
             panels = [("x", ref), ("A(x)+n", y), ("output", output), ("A(output)", a_out)]
         else:
             metrics = {"consistency_psnr_vs_measurement": psnr(a_out, y)[0]}
@@ -400,12 +675,16 @@ def _restore_batch(batch: list[Job], options: RunOptions) -> list[tuple[dict[Pat
             metrics["peak_memory_bytes"] = mem.peak
             log["memory"] = {**mem.result(), "process_max_rss_bytes": max_rss()}
         if options.references is not None and options.simulate and options.output_dir is not None:
-            ref_path = options.references / f"{job.request.item.name}.png"
+            from silo.io.outputs import fit_stem
+
+            ref_path = options.references / f"{fit_stem(job.request.item.name)}.png"
             if not ref_path.exists():
                 try:
                     write_new(ref_path, png_bytes(tensor_to_pil(ref)))
                 except SiloError:
                     pass  # written meanwhile by another process: the same bytes
+                except OSError as err:
+                    raise SiloError(write_error(err)) from None
             log["reference_image"] = f"../{options.references.name}/{ref_path.name}"
         files: dict[Path, bytes] = {}
         if options.save in ("image", "both"):
@@ -413,9 +692,14 @@ def _restore_batch(batch: list[Job], options: RunOptions) -> list[tuple[dict[Pat
         if options.save in ("grid", "both"):
             s = resolved.settings
             what = "no sampling" if setup.method == NAIVE else f"{s.steps_run}/{s.steps} steps | eta {s.eta:.3g}"
-            line = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
-                              if isinstance(v, (float, int)) and not k.endswith("_note") and k != "peak_memory_bytes")
-            files[job.paths["grid"]] = png_bytes(make_grid(panels, [f"{task.name} | {setup.label} | {what} | seed {seed}", line]))
+            line = " | ".join(
+                f"{k} {_fmt(v)}"
+                for k, v in metrics.items()
+                if isinstance(v, (float, int)) and not k.endswith("_note") and k != "peak_memory_bytes"
+            )
+            files[job.paths["grid"]] = png_bytes(
+                make_grid(panels, [f"{task.name} | {setup.label} | {what} | seed {seed}", line])
+            )
         files[job.paths["log"]] = json_bytes(json_safe(log))  # the log last: its presence marks the result done
         out.append((files, log, output))
     return out

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,7 +15,9 @@ from silo.priors.prior import Prior, PromptEmbeddings
 Callback = Callable[[dict[str, Any]], None]
 
 
-def predict(prior: Prior, z: Tensor, t: Tensor, prompts: PromptEmbeddings, guidance_scale: float) -> tuple[Tensor, Tensor]:
+def predict(
+    prior: Prior, z: Tensor, t: Tensor, prompts: PromptEmbeddings, guidance_scale: float
+) -> tuple[Tensor, Tensor]:
     """The UNet output with classifier-free guidance applied, and the text-conditional output alone.
 
     With guidance the UNet runs once on ``[uncond, cond]``; hooks that collect features see that order.
@@ -55,13 +58,18 @@ def apply_operator(
     from silo.operators.base import OperatorInputs, call_operator
 
     inputs = OperatorInputs(z0=z0_hat, features=features, noise_sigma=sigma, mask=mask, kernel=kernel, latent_size=size)
+    by_tiles = getattr(prior, "apply_operator_by_tiles", None)  # a tiled prior (silo.priors.tiled)
+    if by_tiles is not None:
+        return by_tiles(operator, inputs)
     return call_operator(operator, inputs, prior)
 
 
 def check_finite(tensor: Tensor, step: int, what: str) -> None:
     if not torch.isfinite(tensor).all():
         bad = (~torch.isfinite(tensor)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise SiloError(f"NaN or Inf in {what} at step {step} (images {bad} of the batch); try a smaller --eta or --steps")
+        raise SiloError(
+            f"NaN or Inf in {what} at step {step} (images {bad} of the batch); try a smaller --eta or --steps"
+        )
 
 
 @contextlib.contextmanager

@@ -4,8 +4,9 @@ encoded measurement and named random streams. A sampler receives it and adds onl
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,7 +26,9 @@ def scheduler_class(name: str):
 
     cls = getattr(diffusers, SCHEDULERS.get(name, name), None)
     if cls is None or not hasattr(cls, "from_config") or not hasattr(cls, "step"):
-        raise SiloError(f"unknown scheduler {name!r} (choose from {', '.join(SCHEDULERS)}, or a diffusers scheduler class)")
+        raise SiloError(
+            f"unknown scheduler {name!r} (choose from {', '.join(SCHEDULERS)}, or a diffusers scheduler class)"
+        )
     return cls
 
 
@@ -39,8 +42,10 @@ def make_scheduler(prior: Prior, settings: SamplerSettings):
     scheduler = cls.from_config(prior.scheduler.config, clip_sample=False, thresholding=False)
     scheduler.set_timesteps(settings.steps, device=prior.device)
     if not hasattr(scheduler, "alphas_cumprod") or float(scheduler.init_noise_sigma) != 1.0:
-        raise SiloError(f"scheduler {settings.scheduler}: silo's samplers need a variance-preserving scheduler "
-                        f"(ddpm, ddim, DPMSolverMultistepScheduler, UniPCMultistepScheduler, ...), not a sigma-space one")
+        raise SiloError(
+            f"scheduler {settings.scheduler}: silo's samplers need a variance-preserving scheduler "
+            f"(ddpm, ddim, DPMSolverMultistepScheduler, UniPCMultistepScheduler, ...), not a sigma-space one"
+        )
     return scheduler
 
 
@@ -87,14 +92,20 @@ class SamplingContext:
     _w: Tensor | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, prior: Prior, problem: Problem, settings: SamplerSettings, show_progress: bool = True) -> "SamplingContext":
+    def build(
+        cls, prior: Prior, problem: Problem, settings: SamplerSettings, show_progress: bool = True
+    ) -> SamplingContext:
         scheduler = make_scheduler(prior, settings)
         timesteps = sampling_timesteps(scheduler, settings)
         if settings.prompt_embeds is not None:
             prompts = settings.prompt_embeds
         else:
-            prompts = prior.encode_prompt(settings.prompt, problem.batch, settings.negative_prompt, settings.guidance_scale)
-        ctx = cls(prior, problem, settings, scheduler, timesteps, prompts, z=torch.empty(0), show_progress=show_progress)
+            prompts = prior.encode_prompt(
+                settings.prompt, problem.batch, settings.negative_prompt, settings.guidance_scale
+            )
+        ctx = cls(
+            prior, problem, settings, scheduler, timesteps, prompts, z=torch.empty(0), show_progress=show_progress
+        )
         ctx.z = ctx._initial_latents()
         return ctx
 

@@ -11,7 +11,7 @@ SILO's too: the published LDPS does not clamp). JPEG gets the straight-through g
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -56,8 +56,13 @@ def decoder_guided(ctx: SamplingContext, objective: Objective, desc: str, callba
     return z
 
 
-def latent_dps(ctx: SamplingContext, operator: torch.nn.Module | None = None, callback: Callback | None = None, *,
-               zeta: float = DEFAULT_ZETA) -> Tensor:
+def latent_dps(
+    ctx: SamplingContext,
+    operator: torch.nn.Module | None = None,
+    callback: Callback | None = None,
+    *,
+    zeta: float = DEFAULT_ZETA,
+) -> Tensor:
     """Latent-DPS latents ``z_0`` for a batch; ``operator`` is ignored (LDPS uses the pixel-space ``A``).
 
     ``zeta``: step size on ``grad_{z_t} ||y - A(D(z0_hat))||`` (default 0.125, tuned on silo-tiny).

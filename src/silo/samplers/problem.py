@@ -91,6 +91,17 @@ class SamplerSettings:
     # given (the paper)
     eta_reference_size: int | None = None
     deterministic: bool = False  # deterministic kernels (slower on GPU)
+    # tiled restoration (silo.priors.tiled): images with a side over ``tile_size`` px are denoised in
+    # overlapping tiles blended every step; 0 never tiles. ``tile_overlap`` px are shared by neighbours
+    # (None: a quarter of the tile)
+    tile_size: int = 512
+    tile_overlap: int | None = None
+    # inpainting: the output keeps the measurement's known pixels, the seam feathered ``seam_feather`` px
+    # into the hole (silo.consistency)
+    keep_known: bool = True
+    seam_feather: int = 4
+    # every task: gradient steps on ||A(x) - y|| from the decoded output (0 = none; silo.consistency)
+    consistency_steps: int = 0
     prompt_embeds: Any = None  # PromptEmbeddings: bypass the text encoder
 
     @property

@@ -38,8 +38,14 @@ class _NormalOperator(torch.autograd.Function):
         return deg.adjoint(deg.A(grad, params), grad, params), None, None
 
 
-def psld(ctx: SamplingContext, operator: torch.nn.Module | None = None, callback: Callback | None = None, *,
-         zeta: float = DEFAULT_ZETA, gamma: float = DEFAULT_GAMMA) -> Tensor:
+def psld(
+    ctx: SamplingContext,
+    operator: torch.nn.Module | None = None,
+    callback: Callback | None = None,
+    *,
+    zeta: float = DEFAULT_ZETA,
+    gamma: float = DEFAULT_GAMMA,
+) -> Tensor:
     """PSLD latents ``z_0`` for a batch of linear problems; ``operator`` is ignored.
 
     ``zeta``: step size of the LDPS term (default 0.125, tuned on silo-tiny); ``gamma``: weight of the gluing
@@ -48,7 +54,9 @@ def psld(ctx: SamplingContext, operator: torch.nn.Module | None = None, callback
     prior, problem = ctx.prior, ctx.problem
     deg = problem.degradation
     if not deg.linear:
-        raise SiloError(f"PSLD needs a linear degradation (it uses A^T); task {deg.name!r} is not linear: use ldps or silo")
+        raise SiloError(
+            f"PSLD needs a linear degradation (it uses A^T); task {deg.name!r} is not linear: use ldps or silo"
+        )
     x_like = torch.zeros(problem.batch, problem.y.shape[1], *problem.image_size, device=problem.y.device)
     with torch.no_grad():
         a_t_y = deg.adjoint(problem.y.float(), x_like, problem.params)

@@ -7,8 +7,9 @@ the registry; none keeps a list of methods of its own.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,12 +35,15 @@ class SamplerSpec:
     operator_inputs: frozenset[str] = frozenset()
     needs_linear: bool = False  # uses A^T
     needs_differentiable: bool = False  # back-propagates through A
+    #: runs the VAE every step (decoder-guided methods): it cannot keep the VAE off the device (--offload vae)
+    needs_decoder_each_step: bool = False
     #: the op a bench step is compared with: "unet_forward_backward", "unet_forward" or None
     paired_reference: str | None = "unet_forward_backward"
     options: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, prior, problem, settings, operator=None, callback=None, show_progress: bool = True,
-                 **options: float) -> Tensor:
+    def __call__(
+        self, prior, problem, settings, operator=None, callback=None, show_progress: bool = True, **options: float
+    ) -> Tensor:
         """Build the shared context and run: the call every front door makes."""
         from silo.samplers.common import deterministic_mode
         from silo.samplers.context import SamplingContext
@@ -100,8 +104,20 @@ def refusal(method: str, degradation: Any, operator: torch.nn.Module | None = No
         missing = sorted(reads & {"z0", "features"} - spec.operator_inputs)
         if missing:
             kind = getattr(operator, "kind", type(operator).__name__)
-            return (f"{method} cannot feed a {kind} operator, which reads {', '.join(missing)}; "
-                    f"it gives operators {', '.join(sorted(spec.operator_inputs))}")
+            return (
+                f"{method} cannot feed a {kind} operator, which reads {', '.join(missing)}; "
+                f"it gives operators {', '.join(sorted(spec.operator_inputs))}"
+            )
+    return None
+
+
+def offload_refusal(method: str, offload: Any) -> str | None:
+    """Why ``method`` cannot run with these parts offloaded (``{"vae", "text-encoder"}``); else None."""
+    if method in SAMPLERS and "vae" in set(offload or ()) and SAMPLERS[method].needs_decoder_each_step:
+        return (
+            f"{method} runs the VAE decoder every step, so it cannot keep the VAE off the device: "
+            f"drop --offload vae (SILO needs the VAE only to encode and to decode)"
+        )
     return None
 
 

@@ -47,7 +47,9 @@ def silo(ctx: SamplingContext, operator: torch.nn.Module | None = None, callback
                 features = None
                 if needs_features:  # with CFG the UNet ran on [uncond, cond]: the operator reads the conditional half
                     features = [f.chunk(2)[1] if ctx.cfg else f for f in collector.features]
-                w_hat = apply_operator(operator, prior, z0_hat, problem.noise_sigma, features, mask, ctx.latent_size, kernel)
+                w_hat = apply_operator(
+                    operator, prior, z0_hat, problem.noise_sigma, features, mask, ctx.latent_size, kernel
+                )
                 loss = guidance_loss(w, w_hat)
                 (grad,) = torch.autograd.grad(loss.sum(), z)
             z_prev = scheduler.step(guided.detach(), t, z.detach(), **ctx.step_kwargs()).prev_sample

@@ -26,8 +26,13 @@ from silo.samplers.context import SamplingContext
 DEFAULT_STEP = 2.0
 
 
-def silo_x0(ctx: SamplingContext, operator: torch.nn.Module | None = None, callback: Callback | None = None, *,
-            step: float = DEFAULT_STEP) -> Tensor:
+def silo_x0(
+    ctx: SamplingContext,
+    operator: torch.nn.Module | None = None,
+    callback: Callback | None = None,
+    *,
+    step: float = DEFAULT_STEP,
+) -> Tensor:
     """x0-space SILO latents ``z_0`` for a batch.
 
     ``step``: the correction size ``c`` in ``z0 = z0_hat - c * grad_{z0_hat} 0.5 ||w - H(z0_hat)||^2`` (default 2,
@@ -36,8 +41,10 @@ def silo_x0(ctx: SamplingContext, operator: torch.nn.Module | None = None, callb
     if operator is None:
         raise SiloError("x0-space SILO needs a latent operator")
     if getattr(operator, "needs_features", False):
-        raise SiloError("x0-space SILO needs an operator on z0 (cnn or preserve); a readout operator reads UNet "
-                        "features, which have no gradient w.r.t. z0")
+        raise SiloError(
+            "x0-space SILO needs an operator on z0 (cnn or preserve); a readout operator reads UNet "
+            "features, which have no gradient w.r.t. z0"
+        )
     prior, problem, settings, scheduler = ctx.prior, ctx.problem, ctx.settings, ctx.scheduler
     stepper = type(scheduler).from_config(scheduler.config, prediction_type="sample")
     stepper.set_timesteps(settings.steps, device=prior.device)
@@ -60,5 +67,5 @@ def silo_x0(ctx: SamplingContext, operator: torch.nn.Module | None = None, callb
         z = stepper.step(z0, t, z, **ctx.step_kwargs()).prev_sample.detach()
         check_finite(z, i, "the latents")
         if callback is not None:
-            callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat, "loss": loss.detach().sqrt() * 2 ** 0.5})
+            callback({"step": i, "t": int(t), "z": z, "z0_hat": z0_hat, "loss": loss.detach().sqrt() * 2**0.5})
     return z

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,13 @@ class FolderSource:
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise SiloError(f"--data {folder}: no such folder")
-        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                            and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        self.files = sorted(
+            p
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
         self.name = str(root)
         if not self.files:
             raise SiloError(f"--data {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
@@ -85,7 +90,10 @@ class HFSource:
             images = [k for k, f in ds.features.items() if isinstance(f, datasets.Image)]
             column = images[0] if images else ("image" if "image" in ds.column_names else None)
         if column not in ds.column_names:
-            raise SiloError(f"--dataset {name}: no image column {column!r} (columns: {', '.join(ds.column_names)}); pass --image-column")
+            raise SiloError(
+                f"--dataset {name}: no image column {column!r} (columns: {', '.join(ds.column_names)}); "
+                "pass --image-column"
+            )
         if len(ds) == 0:
             raise SiloError(f"--dataset {name}: split {split!r} is empty")
         self.ds, self.column, self.name = ds.select_columns([column]), column, name
@@ -171,7 +179,9 @@ def random_resized_crop(x: Tensor, crop: int, g: torch.Generator, scale=(0.75, 1
     h, w = x.shape[-2:]
     for _ in range(10):
         area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=g).item())
-        r = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand((), generator=g).item())
+        r = math.exp(
+            math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand((), generator=g).item()
+        )
         cw, ch = round(math.sqrt(area * r)), round(math.sqrt(area / r))
         if 0 < cw <= w and 0 < ch <= h:
             top = int(torch.randint(0, h - ch + 1, (), generator=g))
@@ -185,9 +195,9 @@ def color_jitter(x: Tensor, g: torch.Generator, strength: float = 0.1) -> Tensor
     b, c, s = (1 + strength * (2 * torch.rand(3, generator=g) - 1)).tolist()
     y = (x + 1) / 2 * b
     y = (y - y.mean()) * c + y.mean()
-    grey = (0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3])
+    grey = 0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3]
     y = (y - grey) * s + grey
-    return (y.clamp(0, 1) * 2 - 1)
+    return y.clamp(0, 1) * 2 - 1
 
 
 def augment(x: Tensor, crop: int, g: torch.Generator) -> Tensor:
@@ -244,12 +254,25 @@ class ShardedBatches:
             g += 1
 
 
-def train_loader(split: DataSplit, crop: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 start_batch: int = 0, num_workers: int = 0) -> DataLoader:
+def train_loader(
+    split: DataSplit,
+    crop: int,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    start_batch: int = 0,
+    num_workers: int = 0,
+) -> DataLoader:
     """An endless loader of ``(images, indices)`` for this process, starting at micro-batch ``start_batch``."""
     sampler = ShardedBatches(split.train, batch_size, seed, rank, world, start_batch)
-    return DataLoader(TrainImages(split.source, crop), batch_sampler=sampler, num_workers=num_workers,
-                      prefetch_factor=2 if num_workers else None, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        TrainImages(split.source, crop),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def validation_images(split: DataSplit, crop: int, rank: int = 0, world: int = 1) -> tuple[Tensor, list[int]]:
@@ -265,4 +288,4 @@ def worker_error_line(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else str(err)
     prefix = "silo.errors.SiloError: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last[len(prefix) :] if last.startswith(prefix) else last

@@ -255,8 +255,12 @@ def cached_latents(vae, images: list[np.ndarray], output: Path, vae_dir: str) ->
 
 
 # -- the loop ---------------------------------------------------------------------------------
-def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] | None = None,
-          eval_crops: np.ndarray | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig,
+    resume: str | None = None,
+    images: list[np.ndarray] | None = None,
+    eval_crops: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Train ``cfg.stage`` up to ``cfg.max_steps``; returns the last logged record."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -323,7 +327,9 @@ def train(cfg: TrainConfig, resume: str | None = None, images: list[np.ndarray] 
         if step % cfg.eval_every == 0 or last:
             ema.copy_to(eval_model)
             record = {
-                "step": step, "stage": cfg.stage, "lr": schedule.get_last_lr()[0],
+                "step": step,
+                "stage": cfg.stage,
+                "lr": schedule.get_last_lr()[0],
                 "s_per_step": (time.time() - t0) / max(1, steps_timed),
                 **{f"train_{k}": v / max(1, steps_timed) for k, v in running.items()},
                 **{f"eval_{k}": v for k, v in stage.evaluate(eval_model).items()},
@@ -351,7 +357,10 @@ def init_weights(model: torch.nn.Module, prior_dir: str | Path, stage: str) -> N
     own = model.state_dict()
     wrong = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
     if wrong or set(weights) - set(own):
-        raise SiloError(f"--init-from {prior_dir}: its {stage} does not match this model config (e.g. {(wrong or sorted(set(weights) - set(own)))[0]})")
+        raise SiloError(
+            f"--init-from {prior_dir}: its {stage} does not match this model config "
+            f"(e.g. {(wrong or sorted(set(weights) - set(own)))[0]})"
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
 
 

@@ -88,12 +88,18 @@ def export_vae(cfg: TrainConfig, folder: Path) -> Path:
     use_half = fp32["psnr"] - fp16["psnr"] < FP16_MAX_DB_LOSS
     (_half(vae) if use_half else vae).save_pretrained(folder / "vae", safe_serialization=True)
     tiny.write_card(
-        folder, vae={
-            "parameters": tiny.count_parameters(vae), "latent_channels": vae.config.latent_channels,
-            "downsampling": 2 ** (len(vae.config.block_out_channels) - 1), "scaling_factor": round(scale, 5),
-            "step": state["step"], "dtype": "float16" if use_half else "float32",
-            "heldout_64px_crops": 100, "heldout_psnr": round((fp16 if use_half else fp32)["psnr"], 3),
-            "heldout_ssim": round((fp16 if use_half else fp32)["ssim"], 4), "heldout_psnr_fp32": round(fp32["psnr"], 3),
+        folder,
+        vae={
+            "parameters": tiny.count_parameters(vae),
+            "latent_channels": vae.config.latent_channels,
+            "downsampling": 2 ** (len(vae.config.block_out_channels) - 1),
+            "scaling_factor": round(scale, 5),
+            "step": state["step"],
+            "dtype": "float16" if use_half else "float32",
+            "heldout_64px_crops": 100,
+            "heldout_psnr": round((fp16 if use_half else fp32)["psnr"], 3),
+            "heldout_ssim": round((fp16 if use_half else fp32)["ssim"], 4),
+            "heldout_psnr_fp32": round(fp32["psnr"], 3),
             **_finetune_history(state["config"], "vae"),
         },
     )
@@ -118,13 +124,18 @@ def export_unet(cfg: TrainConfig, folder: Path) -> Path:
     last = json.loads(log.read_text().splitlines()[-1]) if log.is_file() else {}
     trained = state["config"]
     card = {
-        "parameters": tiny.count_parameters(unet), "step": state["step"], "dtype": "float16",
-        "ema_decay": trained["ema_decay"], "train_crop_latents": trained["crop"] // 4,
-        "batch_size": trained["batch_size"], "heldout_loss": last.get("eval_heldout_loss"),
+        "parameters": tiny.count_parameters(unet),
+        "step": state["step"],
+        "dtype": "float16",
+        "ema_decay": trained["ema_decay"],
+        "train_crop_latents": trained["crop"] // 4,
+        "batch_size": trained["batch_size"],
+        "heldout_loss": last.get("eval_heldout_loss"),
     }
     card.update(_finetune_history(trained, "unet"))
     tiny.write_card(
-        folder, unet=card,
+        folder,
+        unet=card,
         scheduler=tiny.scheduler_config(),
         note="load with torch_dtype=torch.float32 on CPU (weights are stored in fp16)",
     )

@@ -14,6 +14,9 @@ def tensorboard_installed(jsonl: str) -> bool:
         return True
     if jsonl not in _NOTED:
         _NOTED.add(jsonl)
-        print(f"silo: note: tensorboard is not installed; training logs go to {jsonl} only "
-              "(pip install tensorboard adds TensorBoard logs)", file=sys.stderr)
+        print(
+            f"silo: note: tensorboard is not installed; training logs go to {jsonl} only "
+            "(pip install tensorboard adds TensorBoard logs)",
+            file=sys.stderr,
+        )
     return False
