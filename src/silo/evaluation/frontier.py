@@ -66,7 +66,7 @@ def frontier(table: dict[str, Any]) -> dict[str, Any]:
                 "psnr_ci95": _ci(row, "psnr"),
                 "ssim": _mean(row, "ssim"),
                 "ssim_ci95": _ci(row, "ssim"),
-                "consistency_psnr": _mean(row, "consistency_psnr"),
+                "consistency_psnr": (row["metrics"].get("consistency_psnr") or {}).get("mean"),  # inf: A(x) == y
             }
         )
     out = {}
@@ -131,12 +131,23 @@ def markdown(front: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _finite(value: Any) -> Any:
+    """Strict JSON: an infinite consistency PSNR (``A(x) == y``) written as the string "inf"."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else str(value)
+    return value
+
+
 def write_frontier(front: dict[str, Any], out_dir: str | Path) -> list[Path]:
     from silo.evaluation.aggregate import _replace
 
     out = Path(out_dir)
     paths = [out / "frontier.json", out / "frontier.md"]
-    _replace(paths[0], json.dumps(front, indent=2, sort_keys=True) + "\n")
+    _replace(paths[0], json.dumps(_finite(front), indent=2, sort_keys=True) + "\n")
     _replace(paths[1], markdown(front))
     return paths
 
