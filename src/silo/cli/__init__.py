@@ -72,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"silo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except _Terminated:
+        _release_claims()
         print(f"silo {args.command}: terminated; finished results are kept, rerun to resume", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
+        _release_claims()
         print(f"silo {args.command}: interrupted; finished results are kept, rerun to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of stdout went away (``| head``): nothing left to say
@@ -83,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _release_claims() -> None:
+    """A stopped run gives back the results it had claimed, so that a rerun or another run takes them at once."""
+    from silo.io.claims import release_all
+
+    release_all()
 
 
 class _Terminated(KeyboardInterrupt):

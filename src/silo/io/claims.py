@@ -107,10 +107,22 @@ class Claim:
 
 def _create(path: Path) -> None:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    _OURS.add(path)  # from its first byte, so that release_all gives it back even if this run is stopped now
     try:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode())
+    except BaseException:
+        _OURS.discard(path)
+        path.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
+
+
+def release_all() -> None:
+    """Give back every claim this process holds (a run stopped by Ctrl-C or SIGTERM, wherever it was)."""
+    for path in list(_OURS):
+        _OURS.discard(path)
+        path.unlink(missing_ok=True)
 
 
 def claim(log: Path, images: list[Path]) -> Claim | Holder | None:
