@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -659,3 +660,22 @@ def test_misleading_library_messages_are_replaced(tmp_path, capsys):
     assert rc == 2
     one_error(err, "holds Python objects other than tensors (shutil.Error)")
     assert "weights_only=False" not in err and "trust" not in err
+
+
+def test_a_run_killed_after_finishing_a_result_leaves_nothing_stale(tmp_path, capsys):
+    """Killed between writing a result and giving its claim back: the rerun skips the finished result, and
+    removes the dead run's claim and temporary files, keeping the result's own files."""
+    photo = save_photo(tmp_path / "p0.png")
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, *restore_args(str(photo), "--simulate", "--output-dir", str(out)))
+    assert rc == 0, err
+    (log,) = out.glob("*.json")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    claim = out / f".{log.stem}.claim"
+    claim.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(), "time": time.time()}))
+    (out / f".{log.stem}.png.x1y2z3w4.tmp").write_bytes(b"partial")
+    rc, _, err = cli(capsys, *restore_args(str(photo), "--simulate", "--output-dir", str(out)))
+    assert rc == 0 and "Traceback" not in err and "exists" in err
+    assert hidden(out) == []
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".silo-claims.lock"}  # the takeover's lock
+    assert after == before

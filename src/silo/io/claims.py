@@ -175,6 +175,24 @@ def claim(log: Path, images: list[Path]) -> Claim | Holder | None:
     return mine
 
 
+def tidy_finished(log: Path, images: list[Path]) -> None:
+    """A finished result (its log exists) whose run was killed before it gave the claim back: the stale claim
+    and the hidden temporary files of its writes go; its finished files stay. A live claim is left alone."""
+    path = log.with_name(f".{log.name.removesuffix('.json')}{CLAIM_SUFFIX}")
+    if not path.exists() or not is_stale(path, read_holder(path)):
+        return
+    from filelock import FileLock
+
+    with FileLock(str(path.parent / _LOCK_NAME)):
+        if path.exists() and is_stale(path, read_holder(path)):
+            import glob
+
+            for target in [log, *images]:  # temporary files only: the images belong to the finished result
+                for tmp in log.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
+
 def _remove_leftovers(log: Path, images: list[Path]) -> list[Path]:
     """A result's images without a log and the hidden temporary files of its writes (the claim is ours)."""
     import glob

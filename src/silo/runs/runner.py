@@ -344,6 +344,10 @@ def _fill_window(
 
 
 def _skip_done(job: Job, options: RunOptions, report: Report) -> None:
+    if options.output_dir is not None:
+        from silo.io.claims import tidy_finished
+
+        tidy_finished(job.paths["log"], [job.paths["image"], job.paths["grid"]])
     report.skipped += 1
     if not options.quiet:
         say(_skip_text(job.request.item, f"{job.paths['log']} exists"), err=True)
