@@ -16,7 +16,7 @@ from PIL import Image
 import silo
 from silo.cli import main
 from silo.samplers.registry import method_names
-from silo.testing import contract_operator, random_images
+from silo.testing import random_images, save_carded_models
 
 SRC = Path(silo.__file__).parent
 
@@ -28,23 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def files(tmp_path_factory, tiny_prior):
     """A tiny prior with a card, an operator with a card (eta tuned at 32 px, a warm start), one photo."""
     root = tmp_path_factory.mktemp("doors")
-    tiny_prior.save_pretrained(root / "prior")
-    card = json.loads((root / "prior" / "silo_prior.json").read_text())
-    (root / "prior" / "silo_prior.json").write_text(
-        json.dumps({**card, "default_steps": 3, "default_scheduler": "ddim"})
-    )
-    contract_operator(tiny_prior).save_pretrained(root / "op")
-    (root / "op" / "model_card.json").write_text(
-        json.dumps(
-            {
-                "task": "sr4",
-                "kind": "cnn",
-                "recommended_eta": 0.4,
-                "recommended_eta_size": 32,
-                "recommended_start_strength": 0.7,
-            }
-        )
-    )
+    save_carded_models(tiny_prior, root)
     x = random_images(1, (48, 48), seed=5)[0]
     Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(root / "photo.png")
     return root

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from silo.cli import main
-from silo.testing import contract_operator, random_images
+from silo.testing import random_images, save_carded_models
 from silo.web.app import build_app, handle_compare, handle_restore, painted_mask
 from silo.web.service import PageRequest, Service
 
@@ -28,23 +28,7 @@ def _save(x, path: Path) -> Path:
 def files(tmp_path_factory, tiny_prior):
     """A tiny prior with a card (3 DDIM steps), an operator with a card, a photo and bad inputs."""
     root = tmp_path_factory.mktemp("web")
-    tiny_prior.save_pretrained(root / "prior")
-    card = json.loads((root / "prior" / "silo_prior.json").read_text())
-    (root / "prior" / "silo_prior.json").write_text(
-        json.dumps({**card, "default_steps": 3, "default_scheduler": "ddim"})
-    )
-    contract_operator(tiny_prior).save_pretrained(root / "op")
-    (root / "op" / "model_card.json").write_text(
-        json.dumps(
-            {
-                "task": "sr4",
-                "kind": "cnn",
-                "recommended_eta": 0.4,
-                "recommended_eta_size": 32,
-                "recommended_start_strength": 0.7,
-            }
-        )
-    )
+    save_carded_models(tiny_prior, root)
     _save(random_images(1, (32, 32), seed=5)[0], root / "photo.png")
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 20)
     Image.new("L", (32, 32), 128).save(root / "grey.png")

@@ -174,3 +174,21 @@ def check_sampler_contract(
         assert "NaN or Inf" in str(err), f"{method}: unclear NaN error {err}"
     else:
         raise AssertionError(f"{method}: a NaN measurement was not refused")
+
+
+def save_carded_models(prior: Prior, root: Path) -> None:
+    """``root/prior`` (its card: 3 DDIM steps) and ``root/op`` (an sr4 CNN operator whose card tunes eta at
+    32 px and a warm start of 0.7): a prior and an operator whose cards every front door must read alike."""
+    prior.save_pretrained(root / "prior")
+    card_path = root / "prior" / "silo_prior.json"
+    card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**card, "default_steps": 3, "default_scheduler": "ddim"}))
+    contract_operator(prior).save_pretrained(root / "op")
+    op_card = {
+        "task": "sr4",
+        "kind": "cnn",
+        "recommended_eta": 0.4,
+        "recommended_eta_size": 32,
+        "recommended_start_strength": 0.7,
+    }
+    (root / "op" / "model_card.json").write_text(json.dumps(op_card))
