@@ -1,4 +1,4 @@
-"""Peer samplers (Latent-DPS, PSLD, x0-space SILO) on the tiny random prior: they restore, batches equal
+"""Peer samplers (Latent-DPS, PSLD, x0-space SILO; guidance also for ReSample and both DAPS) on the tiny prior: they restore, batches equal
 single runs, each back-propagates only through what its method says, guidance moves toward the measurement,
 and PSLD refuses non-linear tasks."""
 
@@ -116,15 +116,25 @@ def test_psld_normal_operator_is_its_own_exact_adjoint(task):
     torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method,option", [("ldps", "zeta"), ("psld", "zeta"), ("silo_x0", "step")])
-def test_guidance_moves_toward_the_measurement(tiny_prior, operator, method, option):
-    """With the step size 0 the measurement residual is the prior's; with a step it ends lower."""
+@pytest.mark.parametrize(
+    "method,off,on",
+    [
+        ("ldps", {"zeta": 0.0}, {"zeta": 2.0}),
+        ("psld", {"zeta": 0.0}, {"zeta": 2.0}),
+        ("silo_x0", {"step": 0.0}, {"step": 2.0}),
+        ("resample", {"zeta": 0.0, "iterations": 0}, {}),
+        ("daps", {"lr": 0.0}, {}),
+        ("silo_daps", {"lr": 0.0}, {}),
+    ],
+)
+def test_guidance_moves_toward_the_measurement(tiny_prior, operator, method, off, on):
+    """With no data term (step size 0) the measurement residual is the prior's; with a step it ends lower."""
     x = random_images(1, (32, 32), seed=6)
     deg = load_task("identity" if method != "psld" else "inpaint_center").degradation
     params = deg.sample_params(x.shape, [3])
     problem = Problem(deg, deg.add_noise(deg.A(x, params), [3]), params, [3])
     final = {}
-    for value in (0.0, 2.0):
+    for name, options in (("off", off), ("on", on)):
         seen = []
         SAMPLERS[method](
             tiny_prior,
@@ -133,10 +143,10 @@ def test_guidance_moves_toward_the_measurement(tiny_prior, operator, method, opt
             operator=operator,
             show_progress=False,
             callback=lambda info, seen=seen: seen.append(float(info["loss"][0])),
-            **{option: value},
+            **options,
         )
-        final[value] = seen[-1]
-    assert final[2.0] < final[0.0]
+        final[name] = seen[-1]
+    assert final["on"] < final["off"]
 
 
 def test_registry_and_defaults_are_documented():

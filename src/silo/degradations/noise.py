@@ -17,6 +17,12 @@ def to_model_scale(sigma: float | Tensor) -> float | Tensor:
     return 2 * sigma
 
 
+def randn_per_image(generators: list[torch.Generator], shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """A ``len(generators) x shape`` float32 batch of standard normal noise, image ``i`` drawn from its own
+    generator (on the CPU, whatever the device), so that a batch draws what single runs draw."""
+    return torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in generators])
+
+
 def add_noise(y: Tensor, sigma: float, generators: list[torch.Generator] | None = None) -> Tensor:
     """``y + n`` with ``n ~ N(0, (2 sigma)^2)``, one generator per image for batch-independent seeding."""
     if sigma <= 0:
@@ -26,5 +32,5 @@ def add_noise(y: Tensor, sigma: float, generators: list[torch.Generator] | None 
     else:
         if len(generators) != y.shape[0]:
             raise ValueError(f"need one generator per image: {len(generators)} for a batch of {y.shape[0]}")
-        noise = torch.stack([torch.randn(y.shape[1:], generator=g, dtype=torch.float32).to(y) for g in generators])
+        noise = randn_per_image(generators, y.shape[1:]).to(y)
     return y + to_model_scale(sigma) * noise

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from silo.cards import PriorCard
-from silo.degradations.noise import to_model_scale
+from silo.degradations.noise import randn_per_image, to_model_scale
 from silo.errors import SiloError
 
 #: parts a prior can keep on the CPU between their uses (``--offload``), by their command-line names
@@ -238,9 +238,7 @@ class Prior:
             dist = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
         if sample:
             if generators is not None:
-                noise = torch.stack(
-                    [torch.randn(dist.mean.shape[1:], generator=g, dtype=torch.float32) for g in generators]
-                ).to(dist.mean)
+                noise = randn_per_image(generators, dist.mean.shape[1:]).to(dist.mean)
             else:
                 noise = torch.randn_like(dist.mean)
             latent = dist.mean + dist.std * noise

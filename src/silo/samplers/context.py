@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from silo.degradations.noise import randn_per_image
 from silo.errors import SiloError
 from silo.priors.prior import Prior, PromptEmbeddings
 from silo.samplers.problem import Problem, SamplerSettings
@@ -145,8 +146,7 @@ class SamplingContext:
         prior, problem, scheduler = self.prior, self.problem, self.scheduler
         h, w = problem.image_size
         shape = (prior.latent_channels, h // prior.vae_scale, w // prior.vae_scale)
-        z = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in problem.generators("init")])
-        z = z.to(prior.device)
+        z = randn_per_image(problem.generators("init"), shape).to(prior.device)
         if self.settings.start_strength >= 1.0:
             return z * scheduler.init_noise_sigma
         t0 = self.timesteps[:1].repeat(z.shape[0])

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from silo.degradations.noise import randn_per_image
 from silo.errors import SiloError
 from silo.samplers.common import Callback, apply_operator, check_finite, predict, predict_x0
 from silo.samplers.context import SamplingContext
@@ -34,8 +35,7 @@ Residual = Callable[[Tensor], Tensor]
 
 
 def _randn(generators: list[torch.Generator], like: Tensor) -> Tensor:
-    noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generators])
-    return noise.to(like.device)
+    return randn_per_image(generators, like.shape[1:]).to(like.device)
 
 
 def ode_estimate(ctx: SamplingContext, z: Tensor, t: Tensor, ode_steps: int) -> Tensor:

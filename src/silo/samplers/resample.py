@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from silo.degradations.noise import randn_per_image
 from silo.priors.prior import Prior
 from silo.samplers.common import Callback, check_finite, predict, predict_x0
 from silo.samplers.context import SamplingContext
@@ -73,8 +74,7 @@ def resample_latent(
     denom = s2 + 1 - abar_next
     mean = (s2 * abar_next.sqrt() * z0_star + (1 - abar_next) * z_prime) / denom
     std = (s2 * (1 - abar_next) / denom).clamp_min(0).sqrt()
-    noise = torch.stack([torch.randn(z0_star.shape[1:], generator=g, dtype=torch.float32) for g in generators])
-    return mean + std * noise.to(mean.device)
+    return mean + std * randn_per_image(generators, z0_star.shape[1:]).to(mean.device)
 
 
 def resample(
