@@ -1,6 +1,6 @@
-"""Peer samplers (Latent-DPS, PSLD, x0-space SILO; guidance also for ReSample and both DAPS) on the tiny prior: they restore, batches equal
-single runs, each back-propagates only through what its method says, guidance moves toward the measurement,
-and PSLD refuses non-linear tasks."""
+"""Peer samplers on the tiny random prior: they restore, batches equal single runs, each back-propagates only
+through what its method says, guidance moves toward the measurement (every method with a step size), and PSLD
+refuses non-linear tasks."""
 
 from types import SimpleNamespace
 
